@@ -1,0 +1,233 @@
+//! Running a dataflow on Kafka: start-up checks, topic set-up, the timely workers and
+//! their loop, and a clean stop.
+//!
+//! Start-up fails fast, with a message that names the problem, when the dataflow or
+//! config is wrong, the broker is unreachable, or the input topic is missing. Each worker
+//! then reads its partitions (`p % W`), and its loop steps the dataflow until it is complete
+//! (bounded runs), a stop was requested (SIGINT/SIGTERM: flush what was written and exit;
+//! open windows are not emitted half-done), or a worker failed.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::kafka::{self, KafkaSetupError, MAX_MESSAGE_BYTES, TopicRequest};
+use crate::metrics::Metrics;
+use crate::output::Topics;
+use crate::pipeline;
+use crate::sink::Writer;
+use crate::sink::kafka::KafkaWriter;
+use crate::source::SourceControl;
+use crate::source::kafka::KafkaReader;
+use crate::spec::PipelineSpec;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Kafka set-up failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// timely could not start its workers.
+    #[error("cannot start the workers: {0}")]
+    Start(String),
+    /// A worker failed while running.
+    #[error("worker {worker} failed: {message}")]
+    Worker {
+        /// Worker index.
+        worker: usize,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Stop at the end offsets seen at start.
+    pub stop_at_end: bool,
+    /// Drain requests.
+    pub control: SourceControl,
+    /// Set to stop (flush and exit, leaving open windows).
+    pub shutdown: Arc<AtomicBool>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every window closed and every output was flushed.
+    Completed,
+    /// Stopped on request; outputs written so far were flushed.
+    Stopped,
+}
+
+/// Runs `spec` against the Kafka cluster of `config`.
+pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Outcome, RunError> {
+    let probe = kafka::metadata_consumer(&config)?;
+    let timeout = Duration::from_secs(30);
+    let input_partitions =
+        kafka::partition_count(&probe, &spec.input.topic, timeout)?.ok_or_else(|| {
+            KafkaSetupError::MissingTopic(
+                spec.input.topic.clone(),
+                config.bootstrap_servers.clone(),
+            )
+        })?;
+
+    let provisional = Topics::new(&spec, |_| spec.output.partitions);
+    if config.create_topics {
+        let max_bytes = MAX_MESSAGE_BYTES.to_string();
+        let requests: Vec<TopicRequest> = provisional
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| TopicRequest {
+                name,
+                partitions: spec.output.partitions,
+                config: if i as u16 == provisional.dead_letter {
+                    vec![("max.message.bytes", max_bytes.as_str())]
+                } else {
+                    vec![]
+                },
+            })
+            .collect();
+        kafka::ensure_topics(&config, &requests)?;
+    }
+    let mut missing = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for name in &provisional.names {
+        match kafka::partition_count(&probe, name, timeout)? {
+            Some(n) => {
+                counts.insert(name.clone(), n);
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if let Some(name) = missing.first() {
+        return Err(
+            KafkaSetupError::MissingTopic(name.clone(), config.bootstrap_servers.clone()).into(),
+        );
+    }
+    drop(probe);
+    let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
+    tracing::info!(
+        dataflow = %spec.name,
+        input = %spec.input.topic,
+        partitions = input_partitions,
+        workers = options.workers,
+        bounded = options.stop_at_end,
+        "starting"
+    );
+
+    let spec = Arc::new(spec);
+    let config = Arc::new(config);
+    let topics = Arc::new(topics);
+    let abort = Arc::new(AtomicBool::new(false));
+    let guards = timely::execute(timely::Config::process(options.workers), {
+        let options = options.clone();
+        let abort = Arc::clone(&abort);
+        move |worker| {
+            let result = run_worker(
+                worker,
+                &spec,
+                &config,
+                &topics,
+                input_partitions,
+                &options,
+                &abort,
+            );
+            if result.is_err() {
+                abort.store(true, Ordering::SeqCst);
+            }
+            result
+        }
+    })
+    .map_err(RunError::Start)?;
+
+    let mut outcome = Outcome::Completed;
+    let mut first_error = None;
+    for (worker, joined) in guards.join().into_iter().enumerate() {
+        match joined {
+            Ok(Ok(Outcome::Stopped)) => outcome = Outcome::Stopped,
+            Ok(Ok(Outcome::Completed)) => {}
+            Ok(Err(message)) | Err(message) => {
+                if first_error.is_none() || !message.contains("another worker failed") {
+                    first_error = Some(RunError::Worker { worker, message });
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    spec: &Arc<PipelineSpec>,
+    config: &Config,
+    topics: &Arc<Topics>,
+    input_partitions: i32,
+    options: &RunOptions,
+    abort: &AtomicBool,
+) -> Result<Outcome, String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mine: Vec<i32> = (0..input_partitions)
+        .filter(|p| *p as usize % peers == index)
+        .collect();
+    let spec = Rc::new(PipelineSpec::clone(spec));
+    let topics = Rc::new(Topics::clone(topics));
+    // Clients are created before the dataflow so that a failure here fails every worker
+    // the same way (they share the config) instead of leaving peers waiting.
+    let reader = KafkaReader::new(
+        config,
+        &spec.input.topic,
+        &mine,
+        spec.input.start_from,
+        options.stop_at_end,
+        index,
+    )
+    .map_err(|e| e.to_string())?;
+    let writer = Rc::new(RefCell::new(
+        KafkaWriter::new(config, Rc::clone(&topics), index, options.metrics.clone())
+            .map_err(|e| e.to_string())?,
+    ));
+    tracing::info!(worker = index, partitions = ?mine, "worker assigned");
+    let state = pipeline::build(
+        worker,
+        spec,
+        topics,
+        reader,
+        Rc::clone(&writer),
+        options.control.clone(),
+        options.metrics.clone(),
+    );
+    loop {
+        if options.shutdown.load(Ordering::Relaxed) {
+            writer.borrow_mut().flush()?;
+            tracing::info!(worker = index, "stopped on request; outputs flushed");
+            return Ok(Outcome::Stopped);
+        }
+        if abort.load(Ordering::Relaxed) {
+            return Err("stopping: another worker failed".into());
+        }
+        if let Some(e) = state.borrow_mut().error.take() {
+            return Err(e);
+        }
+        if !worker.step_or_park(Some(Duration::from_millis(50))) {
+            break;
+        }
+    }
+    if let Some(e) = state.borrow_mut().error.take() {
+        return Err(e);
+    }
+    writer.borrow_mut().flush()?;
+    Ok(Outcome::Completed)
+}

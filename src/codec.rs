@@ -1,0 +1,612 @@
+//! Bytes → events. Never panics: every input either decodes into an [`Event`] or is
+//! rejected with a [`Rejection`] naming the kind of error and a human-readable reason.
+//!
+//! Decoding reads only the members the dataflow declares, borrowing from the payload, and
+//! parses numbers from their JSON text into exact decimals (no `f64` on the way).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::spec::{Check, FieldType, PipelineSpec};
+
+/// Largest magnitude a decimal field may have. Sums of up to 10^10 such values still fit
+/// rust_decimal's 96-bit mantissa exactly.
+pub const MAX_ABS_DECIMAL: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0); // 10^18
+
+/// Latest accepted event time: 9999-12-31T23:59:59.999Z.
+pub const MAX_EVENT_TIME_MS: u64 = 253_402_300_799_999;
+
+/// Why a record was refused. Stable names: they are written to the dead-letter topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The payload is empty (or null).
+    EmptyPayload,
+    /// The payload exceeds `max_payload_bytes`.
+    PayloadTooLarge,
+    /// The payload is not UTF-8.
+    NotUtf8,
+    /// The payload is not JSON.
+    MalformedJson,
+    /// The payload is JSON but not an object.
+    NotAnObject,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// A field has the right type but an unusable value (bad date, out of range).
+    InvalidValue,
+    /// A validation rule failed.
+    RuleViolation,
+}
+
+impl ErrorKind {
+    /// The name written to dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::EmptyPayload => "empty_payload",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::NotUtf8 => "not_utf8",
+            ErrorKind::MalformedJson => "malformed_json",
+            ErrorKind::NotAnObject => "not_an_object",
+            ErrorKind::MissingField => "missing_field",
+            ErrorKind::WrongType => "wrong_type",
+            ErrorKind::InvalidValue => "invalid_value",
+            ErrorKind::RuleViolation => "rule_violation",
+        }
+    }
+}
+
+/// A refused record's error: what kind, and why in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The kind of error.
+    pub kind: ErrorKind,
+    /// A sentence for the person reading the dead letter.
+    pub reason: String,
+}
+
+impl Rejection {
+    fn new(kind: ErrorKind, reason: impl Into<String>) -> Self {
+        Rejection {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.reason)
+    }
+}
+
+/// A decoded, validated event: what the windows need of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event {
+    /// Event time, epoch milliseconds.
+    pub time: u64,
+    /// Grouping key.
+    pub key: String,
+    /// Event id.
+    pub id: String,
+    /// Values of the dataflow's numeric fields, in `PipelineSpec::numeric_fields` order.
+    pub values: Vec<Decimal>,
+}
+
+/// A value read from a declared field.
+#[derive(Clone, Debug, PartialEq)]
+enum FieldValue<'a> {
+    Str(Cow<'a, str>),
+    Dec(Decimal),
+    Int(i64),
+    Bool(bool),
+    Time(u64),
+}
+
+/// The object's members the dataflow declares, borrowed from the payload.
+struct Slots<'s> {
+    names: &'s [String],
+}
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> DeserializeSeed<'de> for Slots<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Slots<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut slots = vec![None; self.names.len()];
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match self.names.iter().position(|n| *n == key.0) {
+                Some(i) => slots[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(slots)
+    }
+}
+
+/// Decodes and validates records for one dataflow.
+pub struct Decoder {
+    names: Vec<String>,
+    types: Vec<FieldType>,
+    spec: PipelineSpec,
+}
+
+impl Decoder {
+    /// A decoder for `spec`'s input.
+    pub fn new(spec: &PipelineSpec) -> Self {
+        Decoder {
+            names: spec
+                .validation
+                .fields
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            types: spec.validation.fields.iter().map(|f| f.ty).collect(),
+            spec: spec.clone(),
+        }
+    }
+
+    /// Decodes one payload (`None` for a Kafka null value).
+    pub fn decode(&self, payload: Option<&[u8]>) -> Result<Event, Rejection> {
+        let bytes = payload.unwrap_or_default();
+        if bytes.is_empty() {
+            return Err(Rejection::new(
+                ErrorKind::EmptyPayload,
+                "the record has no payload",
+            ));
+        }
+        let limit = self.spec.validation.max_payload_bytes;
+        if bytes.len() > limit {
+            return Err(Rejection::new(
+                ErrorKind::PayloadTooLarge,
+                format!("payload is {} bytes; the limit is {limit}", bytes.len()),
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            Rejection::new(ErrorKind::NotUtf8, format!("payload is not UTF-8: {e}"))
+        })?;
+        let trimmed = text.trim_start();
+        if !trimmed.starts_with('{') {
+            // Tell "not JSON at all" from "JSON, but not an object".
+            return Err(match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => {
+                    Rejection::new(ErrorKind::NotAnObject, "payload is JSON but not an object")
+                }
+                Err(e) => Rejection::new(
+                    ErrorKind::MalformedJson,
+                    format!("payload is not valid JSON: {e}"),
+                ),
+            });
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let slots = Slots { names: &self.names }
+            .deserialize(&mut de)
+            .and_then(|s| de.end().map(|_| s))
+            .map_err(|e| {
+                Rejection::new(
+                    ErrorKind::MalformedJson,
+                    format!("payload is not valid JSON: {e}"),
+                )
+            })?;
+
+        let mut values = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            let name = &self.names[i];
+            let raw = match slot {
+                Some(raw) if raw.get() != "null" => raw.get(),
+                Some(_) => {
+                    return Err(Rejection::new(
+                        ErrorKind::MissingField,
+                        format!("field `{name}` is null"),
+                    ));
+                }
+                None => {
+                    return Err(Rejection::new(
+                        ErrorKind::MissingField,
+                        format!("field `{name}` is missing"),
+                    ));
+                }
+            };
+            values.push(read_value(name, self.types[i], raw)?);
+        }
+
+        for rule in &self.spec.validation.rules {
+            let name = &self.names[rule.field];
+            let value = &values[rule.field];
+            let ok = match (&rule.check, value) {
+                (Check::Compare(cmp, bound), FieldValue::Dec(d)) => cmp.holds(*d, *bound),
+                (Check::Compare(cmp, bound), FieldValue::Int(i)) => {
+                    cmp.holds(Decimal::from(*i), *bound)
+                }
+                (Check::OneOf(allowed), FieldValue::Str(s)) => allowed.iter().any(|a| a == s),
+                (Check::Pattern(re), FieldValue::Str(s)) => re.is_match(s),
+                _ => false,
+            };
+            if !ok {
+                let shown = show(value);
+                let reason = match &rule.check {
+                    Check::Compare(cmp, bound) => {
+                        format!("`{name}` must be {} {bound}, got {shown}", cmp.symbol())
+                    }
+                    Check::OneOf(allowed) => {
+                        format!("`{name}` must be one of {allowed:?}, got {shown}")
+                    }
+                    Check::Pattern(re) => {
+                        format!("`{name}` must match /{}/, got {shown}", re.as_str())
+                    }
+                };
+                return Err(Rejection::new(ErrorKind::RuleViolation, reason));
+            }
+        }
+
+        let input = &self.spec.input;
+        let time = match values[input.time_field] {
+            FieldValue::Time(t) => t,
+            _ => unreachable!("the event-time field is declared as a timestamp"),
+        };
+        let key = as_text(&values[input.key_field]);
+        let id = as_text(&values[input.id_field]);
+        let numbers = self
+            .spec
+            .numeric_fields
+            .iter()
+            .map(|&f| match values[f] {
+                FieldValue::Dec(d) => d,
+                FieldValue::Int(i) => Decimal::from(i),
+                _ => Decimal::ZERO,
+            })
+            .collect();
+        Ok(Event {
+            time,
+            key,
+            id,
+            values: numbers,
+        })
+    }
+}
+
+fn as_text(v: &FieldValue) -> String {
+    match v {
+        FieldValue::Str(s) => s.to_string(),
+        FieldValue::Int(i) => i.to_string(),
+        other => show(other),
+    }
+}
+
+fn show(v: &FieldValue) -> String {
+    match v {
+        FieldValue::Str(s) => {
+            let mut s: String = s.chars().take(64).collect();
+            if s.len() >= 64 {
+                s.push('…');
+            }
+            format!("{s:?}")
+        }
+        FieldValue::Dec(d) => d.to_string(),
+        FieldValue::Int(i) => i.to_string(),
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::Time(t) => t.to_string(),
+    }
+}
+
+fn json_type(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+fn wrong_type(name: &str, expected: &str, raw: &str) -> Rejection {
+    Rejection::new(
+        ErrorKind::WrongType,
+        format!("field `{name}` must be {expected}, got {}", json_type(raw)),
+    )
+}
+
+fn is_number(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+}
+
+fn read_value<'a>(name: &str, ty: FieldType, raw: &'a str) -> Result<FieldValue<'a>, Rejection> {
+    match ty {
+        FieldType::String => {
+            if !raw.starts_with('"') {
+                return Err(wrong_type(name, "a string", raw));
+            }
+            Ok(FieldValue::Str(json_string(name, raw)?))
+        }
+        FieldType::Decimal => {
+            let (text, quoted) = if raw.starts_with('"') {
+                (json_string(name, raw)?, true)
+            } else if is_number(raw) {
+                (Cow::Borrowed(raw), false)
+            } else {
+                return Err(wrong_type(name, "a number or a decimal string", raw));
+            };
+            parse_decimal(&text).map(FieldValue::Dec).ok_or_else(|| {
+                let shown: String = text.chars().take(40).collect();
+                let what = if quoted { "decimal string" } else { "number" };
+                Rejection::new(
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "field `{name}`: {what} `{shown}` is not an exact decimal within ±10^18"
+                    ),
+                )
+            })
+        }
+        FieldType::Integer => {
+            if !is_number(raw) {
+                return Err(wrong_type(name, "an integer", raw));
+            }
+            raw.parse::<i64>().map(FieldValue::Int).map_err(|_| {
+                Rejection::new(
+                    ErrorKind::InvalidValue,
+                    format!("field `{name}`: `{raw}` is not a 64-bit integer"),
+                )
+            })
+        }
+        FieldType::Bool => match raw {
+            "true" => Ok(FieldValue::Bool(true)),
+            "false" => Ok(FieldValue::Bool(false)),
+            _ => Err(wrong_type(name, "true or false", raw)),
+        },
+        FieldType::Timestamp => {
+            let ms = if raw.starts_with('"') {
+                let s = json_string(name, raw)?;
+                let t = chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| {
+                    let shown: String = s.chars().take(40).collect();
+                    Rejection::new(
+                        ErrorKind::InvalidValue,
+                        format!("field `{name}`: `{shown}` is not an RFC 3339 time ({e})"),
+                    )
+                })?;
+                let ms = t.timestamp_millis();
+                if ms < 0 {
+                    return Err(Rejection::new(
+                        ErrorKind::InvalidValue,
+                        format!("field `{name}`: {s} is before 1970-01-01"),
+                    ));
+                }
+                ms as u64
+            } else if is_number(raw) {
+                match raw.parse::<i64>() {
+                    Ok(ms) if ms >= 0 => ms as u64,
+                    Ok(_) => {
+                        return Err(Rejection::new(
+                            ErrorKind::InvalidValue,
+                            format!(
+                                "field `{name}`: epoch milliseconds must not be negative, got {raw}"
+                            ),
+                        ));
+                    }
+                    Err(_) => {
+                        let shown: String = raw.chars().take(40).collect();
+                        return Err(Rejection::new(
+                            ErrorKind::InvalidValue,
+                            format!("field `{name}`: `{shown}` is not integer epoch milliseconds"),
+                        ));
+                    }
+                }
+            } else {
+                return Err(wrong_type(
+                    name,
+                    "an RFC 3339 string or epoch milliseconds",
+                    raw,
+                ));
+            };
+            if ms > MAX_EVENT_TIME_MS {
+                return Err(Rejection::new(
+                    ErrorKind::InvalidValue,
+                    format!("field `{name}`: {ms} is after the year 9999"),
+                ));
+            }
+            Ok(FieldValue::Time(ms))
+        }
+    }
+}
+
+fn json_string<'a>(name: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejection> {
+    let inner = &raw[1..raw.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw)
+        .map(Cow::Owned)
+        .map_err(|e| Rejection::new(ErrorKind::MalformedJson, format!("field `{name}`: {e}")))
+}
+
+/// Parses an exact decimal: plain (`-12.50`) or scientific (`1.5e3`) notation, within
+/// ±[`MAX_ABS_DECIMAL`]. `NaN`, infinities and anything rust_decimal cannot hold are refused.
+pub fn parse_decimal(text: &str) -> Option<Decimal> {
+    let d = if text.contains(['e', 'E']) {
+        Decimal::from_scientific(text).ok()?
+    } else {
+        Decimal::from_str_exact(text).ok()?
+    };
+    (d.abs() <= MAX_ABS_DECIMAL).then_some(d)
+}
+
+impl FromStr for ErrorKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        let spec = PipelineSpec::from_toml("trades", include_str!("../dataflows/trades.toml"))
+            .expect("trades.toml is valid");
+        Decoder::new(&spec)
+    }
+
+    fn kind(payload: &[u8]) -> ErrorKind {
+        match decoder().decode(Some(payload)) {
+            Ok(e) => panic!(
+                "expected a rejection for {:?}, got {e:?}",
+                String::from_utf8_lossy(payload)
+            ),
+            Err(r) => {
+                assert!(!r.reason.is_empty());
+                r.kind
+            }
+        }
+    }
+
+    const GOOD: &str = r#"{"trade_id":"TRX-123456","timestamp":"2026-01-13T14:30:45.123Z","amount":50000,"symbol":"AAPL","status":"pending"}"#;
+
+    #[test]
+    fn decodes_the_founding_example() {
+        let e = decoder().decode(Some(GOOD.as_bytes())).expect("valid");
+        assert_eq!(e.time, 1_768_314_645_123);
+        assert_eq!(e.key, "AAPL");
+        assert_eq!(e.id, "TRX-123456");
+        assert_eq!(e.values, vec![Decimal::from(50000)]);
+    }
+
+    #[test]
+    fn amounts_stay_exact_and_times_take_both_forms() {
+        let p = r#"{"trade_id":"a","timestamp":1768314645123,"amount":"0.1000000000000000000000000001","symbol":"B\u0052K","status":"filled","extra":{"x":[1,2]}}"#;
+        let e = decoder().decode(Some(p.as_bytes())).expect("valid");
+        assert_eq!(e.time, 1_768_314_645_123);
+        assert_eq!(e.key, "BRK");
+        assert_eq!(e.values[0].to_string(), "0.1000000000000000000000000001");
+        let p = r#"{"trade_id":"a","timestamp":"2026-01-13T15:30:45.123+01:00","amount":1.5e3,"symbol":"X","status":"filled"}"#;
+        let e = decoder().decode(Some(p.as_bytes())).expect("valid");
+        assert_eq!(e.time, 1_768_314_645_123);
+        assert_eq!(e.values[0], Decimal::from(1500));
+    }
+
+    #[test]
+    fn hostile_inputs_are_rejected_with_a_kind() {
+        use ErrorKind::*;
+        let with = |field: &str, value: &str| {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(GOOD).expect("json");
+            v.remove(field);
+            let mut s = serde_json::to_string(&v).expect("json");
+            if !value.is_empty() {
+                s.insert_str(1, &format!("\"{field}\":{value},"));
+            }
+            s
+        };
+        assert_eq!(kind(b""), EmptyPayload);
+        assert_eq!(
+            decoder().decode(None).map_err(|r| r.kind),
+            Err(EmptyPayload)
+        );
+        assert_eq!(kind(&[0xff, 0xfe, b'{', b'}']), NotUtf8);
+        assert_eq!(kind(&GOOD.as_bytes()[..40]), MalformedJson);
+        assert_eq!(kind(b"{\"trade_id\":\"a\"} trailing"), MalformedJson);
+        assert_eq!(kind(b"[1,2,3]"), NotAnObject);
+        assert_eq!(kind(b"\"just a string\""), NotAnObject);
+        assert_eq!(kind(b"42"), NotAnObject);
+        assert_eq!(kind(b"null"), NotAnObject);
+        assert_eq!(kind(b"not json"), MalformedJson);
+        assert_eq!(kind(with("amount", "").as_bytes()), MissingField);
+        assert_eq!(kind(with("amount", "null").as_bytes()), MissingField);
+        assert_eq!(kind(with("amount", "true").as_bytes()), WrongType);
+        assert_eq!(kind(with("amount", "[1]").as_bytes()), WrongType);
+        assert_eq!(kind(with("amount", "NaN").as_bytes()), MalformedJson);
+        assert_eq!(kind(with("amount", "\"NaN\"").as_bytes()), InvalidValue);
+        assert_eq!(
+            kind(with("amount", "\"Infinity\"").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(kind(with("amount", "1e400").as_bytes()), InvalidValue);
+        assert_eq!(
+            kind(with("amount", "123456789012345678901234567890").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(
+            kind(with("amount", "1000000000000000001").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(kind(with("amount", "-5").as_bytes()), RuleViolation);
+        assert_eq!(kind(with("amount", "0").as_bytes()), RuleViolation);
+        assert_eq!(kind(with("symbol", "5").as_bytes()), WrongType);
+        assert_eq!(kind(with("symbol", "\"lower\"").as_bytes()), RuleViolation);
+        assert_eq!(
+            kind(with("status", "\"exploded\"").as_bytes()),
+            RuleViolation
+        );
+        assert_eq!(
+            kind(with("timestamp", "\"yesterday\"").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(kind(with("timestamp", "-1").as_bytes()), InvalidValue);
+        assert_eq!(kind(with("timestamp", "1.5").as_bytes()), InvalidValue);
+        assert_eq!(
+            kind(with("timestamp", "99999999999999999999").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(
+            kind(with("timestamp", "\"1969-12-31T23:59:59Z\"").as_bytes()),
+            InvalidValue
+        );
+        assert_eq!(kind(with("trade_id", "{}").as_bytes()), WrongType);
+        assert_eq!(
+            kind(with("symbol", "\"\\ud800\"").as_bytes()),
+            MalformedJson
+        );
+    }
+
+    #[test]
+    fn one_mebibyte_payloads_are_handled() {
+        let mut big = String::from(r#"{"pad":""#);
+        big.push_str(&"x".repeat(1 << 20));
+        big.push_str(
+            r#"","trade_id":"a","timestamp":1,"amount":1,"symbol":"A","status":"filled"}"#,
+        );
+        let e = decoder()
+            .decode(Some(big.as_bytes()))
+            .expect("1 MiB of padding is still an event");
+        assert_eq!(e.key, "A");
+        let huge = vec![b'{'; (4 << 20) + 1];
+        assert_eq!(kind(&huge), ErrorKind::PayloadTooLarge);
+        let deep = "[".repeat(100_000);
+        assert_eq!(kind(deep.as_bytes()), ErrorKind::MalformedJson);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decoder().decode(Some(&bytes));
+        }
+
+        #[test]
+        fn arbitrary_json_objects_never_panic(s in r#"\{("[a-z_]{1,9}":("[^"\\]{0,12}"|-?[0-9]{1,25}(\.[0-9]{0,30})?|true|null|\[\]),?){0,6}\}"#) {
+            let _ = decoder().decode(Some(s.as_bytes()));
+        }
+    }
+}

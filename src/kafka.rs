@@ -1,0 +1,135 @@
+//! Kafka clients: configuration shared by every client, topic creation and metadata.
+//!
+//! Every librdkafka option set here carries a comment saying why.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::Config;
+
+/// Largest record waterline writes: a dead letter carries a rejected payload twice
+/// (base64 and text), and payloads up to `max_payload_bytes` (4 MiB default) are accepted.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Errors talking to Kafka at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// The input topic is not there.
+    #[error("input topic `{0}` does not exist on {1} (create it, or check [input].topic)")]
+    MissingTopic(String, String),
+    /// A client call failed.
+    #[error("{what}: {source}")]
+    Client {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// The options every client gets: bootstrap servers, then the config's pass-through
+/// properties (which may override anything set here).
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
+    // Name the client in broker logs and quotas.
+    c.set("client.id", format!("waterline-{}", config.app_id));
+    for (k, v) in &config.kafka_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer used only for metadata and watermark look-ups.
+pub fn metadata_consumer(config: &Config) -> Result<BaseConsumer, KafkaSetupError> {
+    client_config(config)
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            what: format!(
+                "cannot create a Kafka client for {}",
+                config.bootstrap_servers
+            ),
+            source,
+        })
+}
+
+/// The number of partitions of `topic`, or `None` if it does not exist.
+pub fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaSetupError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| KafkaSetupError::Client {
+            what: format!("cannot read metadata of topic `{topic}`"),
+            source,
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// A topic to create if missing.
+pub struct TopicRequest<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Partitions.
+    pub partitions: i32,
+    /// Topic-level configuration.
+    pub config: Vec<(&'a str, &'a str)>,
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub fn ensure_topics(config: &Config, topics: &[TopicRequest<'_>]) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(config)
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                what: "cannot create a Kafka admin client".into(),
+                source,
+            })?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let mut n = NewTopic::new(
+                t.name,
+                t.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            );
+            for (k, v) in &t.config {
+                n = n.set(k, v);
+            }
+            n
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        futures_executor::block_on(admin.create_topics(new.iter(), &opts)).map_err(|source| {
+            KafkaSetupError::Client {
+                what: "cannot create topics".into(),
+                source,
+            }
+        })?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaSetupError::Client {
+                    what: format!("cannot create topic `{name}`"),
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(())
+}

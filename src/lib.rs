@@ -1,0 +1,42 @@
+//! waterline: a Kafka-native stream processor on timely dataflow.
+//!
+//! Records are read from assigned Kafka partitions (partition `p` by worker `p % W`),
+//! decoded and validated (failures become dead letters with their reason and raw bytes),
+//! and aggregated in event-time windows whose results are written back to Kafka. The
+//! timely frontier is the watermark: each source worker holds its capability at the least
+//! per-partition watermark (max event time seen − max out-of-orderness), so a window is
+//! final when the frontier passes its end plus grace. Records whose window had already
+//! closed at their partition's watermark are routed to a late topic, never dropped.
+//!
+//! Module map:
+//! - [`spec`] dataflow files → a validated pipeline; [`config`] environment settings;
+//!   [`fields`] the reader that reports every bad field at once.
+//! - [`codec`] bytes → events, or a rejection with a reason.
+//! - [`time`] event time and per-partition watermarks.
+//! - [`source`] the source operator and its readers (Kafka, in-memory).
+//! - [`window`] assignment functions, accumulators, the window operator.
+//! - [`output`] result, dead-letter and late-record encodings and routing.
+//! - [`sink`] the sink operator and its writers (Kafka, in-memory).
+//! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
+//! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
+//! - [`demo`] the embedded demo on librdkafka's mock cluster.
+//! - [`metrics`] every Prometheus metric.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod fields;
+pub mod generate;
+pub mod kafka;
+pub mod metrics;
+pub mod output;
+pub mod pipeline;
+pub mod produce;
+pub mod sink;
+pub mod source;
+pub mod spec;
+pub mod time;
+pub mod window;

@@ -1,0 +1,83 @@
+//! Every Prometheus metric waterline exports, defined once. Operators receive a clone of
+//! [`Metrics`] (cheap: the handles are shared) and never register anything themselves.
+
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
+
+/// The metric handles, all registered in [`Metrics::registry`].
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry holding every metric below.
+    pub registry: Registry,
+    /// Records read from input partitions.
+    pub records_in: IntCounter,
+    /// Records that decoded and validated.
+    pub events_valid: IntCounter,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: IntCounter,
+    /// (record, window) pairs routed to the late topic.
+    pub late_records: IntCounter,
+    /// Window results emitted.
+    pub windows_emitted: IntCounter,
+    /// Records handed to the Kafka producer.
+    pub records_out: IntCounter,
+    /// Producer delivery failures.
+    pub delivery_errors: IntCounter,
+    /// Latest watermark held by a source worker (epoch ms).
+    pub watermark_ms: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `waterline_` prefix.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("waterline".into()), None)
+            .expect("the prefix `waterline` is a valid metric namespace");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help)).expect("metric names are valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric is registered once");
+            c
+        };
+        let records_in = counter("records_in_total", "Records read from input partitions.");
+        let events_valid = counter(
+            "events_valid_total",
+            "Records that decoded and passed validation.",
+        );
+        let dead_letters = counter(
+            "dead_letters_total",
+            "Records written to the dead-letter topic.",
+        );
+        let late_records = counter(
+            "late_records_total",
+            "Records routed to the late topic, per window they missed.",
+        );
+        let windows_emitted = counter("windows_emitted_total", "Final window results emitted.");
+        let records_out = counter("records_out_total", "Records handed to the Kafka producer.");
+        let delivery_errors = counter("delivery_errors_total", "Kafka producer delivery failures.");
+        let watermark_ms = IntGauge::with_opts(Opts::new(
+            "watermark_milliseconds",
+            "Event-time watermark held by a source worker, epoch milliseconds.",
+        ))
+        .expect("metric names are valid");
+        registry
+            .register(Box::new(watermark_ms.clone()))
+            .expect("each metric is registered once");
+        Metrics {
+            registry,
+            records_in,
+            events_valid,
+            dead_letters,
+            late_records,
+            windows_emitted,
+            records_out,
+            delivery_errors,
+            watermark_ms,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

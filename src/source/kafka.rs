@@ -1,0 +1,216 @@
+//! Reading assigned Kafka partitions.
+//!
+//! Partitions are `assign`ed (never `subscribe`d): which worker reads which partition is
+//! decided by waterline (`p % W`), not by a group rebalance. In a bounded run each
+//! partition stops at the end offset it had when the run started (or when a drain was
+//! requested), which the reader reports as [`Polled::End`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Polled, Reader, RecordRef};
+use crate::config::Config;
+use crate::kafka::{KafkaSetupError, client_config};
+use crate::spec::StartFrom;
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// Offset after the last record read, once one was read.
+    next: Option<i64>,
+    /// Stop when `next` reaches this (bounded runs).
+    end: Option<i64>,
+    /// The reader has reported the end.
+    ended: bool,
+    /// librdkafka reported the end of the log and no record came since.
+    at_eof: bool,
+}
+
+/// Reads one worker's partitions of the input topic.
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: BTreeMap<i32, PartitionState>,
+    last_error_log: Option<Instant>,
+}
+
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KafkaReader {
+    /// Assigns `partitions` of `topic`, starting at `start`; `bounded` stops each at the
+    /// end offset it has now.
+    pub fn new(
+        config: &Config,
+        topic: &str,
+        partitions: &[i32],
+        start: StartFrom,
+        bounded: bool,
+        worker: usize,
+    ) -> Result<KafkaReader, KafkaSetupError> {
+        let mut c = client_config(config);
+        c.set("group.id", &config.app_id)
+            // Positions are chosen by waterline, never by the group's committed offsets.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Bounded runs need to know when a partition has been read to its end.
+            .set("enable.partition.eof", "true")
+            // Only committed records of transactional producers are input.
+            .set("isolation.level", "read_committed")
+            // A partition whose stored position has been deleted restarts from the oldest data.
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "client.id",
+                format!("waterline-{}-source-{worker}", config.app_id),
+            );
+        for (k, v) in &config.kafka_properties {
+            c.set(k, v);
+        }
+        let consumer: BaseConsumer = c.create().map_err(|source| KafkaSetupError::Client {
+            what: "cannot create the Kafka consumer".into(),
+            source,
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            let offset = match start {
+                StartFrom::Earliest => Offset::Beginning,
+                StartFrom::Latest => Offset::End,
+            };
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|source| KafkaSetupError::Client {
+                    what: format!("cannot assign partition {p}"),
+                    source,
+                })?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|source| KafkaSetupError::Client {
+                what: format!("cannot assign partitions {partitions:?} of `{topic}`"),
+                source,
+            })?;
+        let mut reader = KafkaReader {
+            consumer,
+            topic: topic.to_string(),
+            partitions: partitions
+                .iter()
+                .map(|&p| (p, PartitionState::default()))
+                .collect(),
+            last_error_log: None,
+        };
+        if bounded {
+            let latest = start == StartFrom::Latest;
+            reader.bound(latest)?;
+        }
+        Ok(reader)
+    }
+
+    /// Sets every unfinished partition's end to its current high watermark.
+    fn bound(&mut self, starting_at_end: bool) -> Result<(), KafkaSetupError> {
+        for (&p, state) in self.partitions.iter_mut() {
+            if state.ended {
+                continue;
+            }
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, WATERMARK_TIMEOUT)
+                .map_err(|source| KafkaSetupError::Client {
+                    what: format!("cannot read the end offset of {}/{p}", self.topic),
+                    source,
+                })?;
+            state.end = Some(high);
+            if starting_at_end && state.next.is_none() {
+                state.next = Some(high);
+            }
+            if state.at_eof && state.next.is_none() {
+                state.next = Some(high);
+            }
+            if state.next.unwrap_or(low) >= high {
+                state.at_eof = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Reader for KafkaReader {
+    fn partitions(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize {
+        // Report partitions that are already at their end (empty, or bounded at start).
+        for (&p, state) in self.partitions.iter_mut() {
+            if !state.ended
+                && state.end.is_some()
+                && state.at_eof
+                && state.next.unwrap_or(0) >= state.end.unwrap_or(0)
+            {
+                state.ended = true;
+                f(Polled::End(p));
+            }
+        }
+        let mut read = 0;
+        while read < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    read += 1;
+                    let p = m.partition();
+                    let Some(state) = self.partitions.get_mut(&p) else {
+                        continue;
+                    };
+                    if state.ended {
+                        continue;
+                    }
+                    state.next = Some(m.offset() + 1);
+                    state.at_eof = false;
+                    f(Polled::Record(RecordRef {
+                        partition: p,
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        key: m.key(),
+                        payload: m.payload(),
+                    }));
+                    if let Some(end) = state.end
+                        && m.offset() + 1 >= end
+                    {
+                        state.ended = true;
+                        f(Polled::End(p));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(state) = self.partitions.get_mut(&p) {
+                        state.at_eof = true;
+                        if !state.ended && state.end.is_some() {
+                            state.ended = true;
+                            f(Polled::End(p));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    // Transient broker trouble: librdkafka retries by itself. Log, at most
+                    // once a second, and keep going.
+                    let now = Instant::now();
+                    if self
+                        .last_error_log
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.last_error_log = Some(now);
+                        tracing::warn!(topic = %self.topic, error = %e, "consumer error; retrying");
+                    }
+                    break;
+                }
+            }
+        }
+        read
+    }
+
+    fn bound_to_current_end(&mut self) {
+        if let Err(e) = self.bound(false) {
+            tracing::error!(error = %e, "cannot bound the input to its current end; reading on");
+        }
+    }
+}

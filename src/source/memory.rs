@@ -1,0 +1,54 @@
+//! An in-memory reader: partitions as vectors of payloads, for tests and benchmarks.
+
+use super::{Polled, Reader, RecordRef};
+
+/// Reads fixed partition contents in offset order, `chunk` records per partition at a
+/// time, then reports each partition's end.
+pub struct MemoryReader {
+    partitions: Vec<(i32, Vec<Option<Vec<u8>>>, usize)>,
+    chunk: usize,
+}
+
+impl MemoryReader {
+    /// Reads `partitions` (index, payloads), interleaving them `chunk` records at a time.
+    pub fn new(partitions: Vec<(i32, Vec<Option<Vec<u8>>>)>, chunk: usize) -> Self {
+        MemoryReader {
+            partitions: partitions.into_iter().map(|(p, v)| (p, v, 0)).collect(),
+            chunk: chunk.max(1),
+        }
+    }
+}
+
+impl Reader for MemoryReader {
+    fn partitions(&self) -> Vec<i32> {
+        self.partitions.iter().map(|(p, _, _)| *p).collect()
+    }
+
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize {
+        let mut read = 0;
+        for (p, records, next) in self.partitions.iter_mut() {
+            if *next > records.len() {
+                continue;
+            }
+            let stop = (*next + self.chunk).min(records.len());
+            while *next < stop && read < max {
+                f(Polled::Record(RecordRef {
+                    partition: *p,
+                    offset: *next as i64,
+                    timestamp_ms: None,
+                    key: None,
+                    payload: records[*next].as_deref(),
+                }));
+                *next += 1;
+                read += 1;
+            }
+            if *next == records.len() {
+                f(Polled::End(*p));
+                *next += 1;
+            }
+        }
+        read
+    }
+
+    fn bound_to_current_end(&mut self) {}
+}

@@ -1,0 +1,770 @@
+//! Dataflow files (`dataflows/*.toml`) → a validated [`PipelineSpec`].
+//!
+//! A dataflow file says what to read, how to check it, which windows to compute and where
+//! results go. Reading it reports every bad field at once, each message naming the field
+//! (`windows[0].size: ...`), and refuses unknown settings so a typo cannot be ignored.
+//!
+//! ```toml
+//! name = "trades"
+//! [input]
+//! topic = "trades"
+//! event_time_field = "timestamp"   # RFC 3339 string or integer epoch milliseconds
+//! key_field = "symbol"
+//! id_field = "trade_id"
+//! max_out_of_orderness = "5s"
+//! idle_timeout = "30s"
+//! [validation.fields]              # required fields and their types
+//! amount = "decimal"
+//! status = "string"
+//! [[validation.rules]]
+//! field = "amount"
+//! gt = "0"
+//! [[windows]]
+//! name = "trades_1m"
+//! kind = "tumbling"
+//! size = "1m"
+//! grace = "10s"
+//! field = "amount"
+//! aggregates = ["count", "sum", "min", "max", "avg"]
+//! [output]
+//! topic = "trades-windows"
+//! dead_letter_topic = "trades-dead-letters"
+//! late_topic = "trades-late"
+//! ```
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use regex::Regex;
+use rust_decimal::Decimal;
+
+use crate::fields::{Problems, Table, parse_toml};
+
+/// A dataflow that failed to load: every problem, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+pub struct SpecError {
+    /// The file (or text) that was read.
+    pub source_name: String,
+    /// One message per bad field.
+    pub problems: Vec<String>,
+}
+
+/// The type a validated field must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    /// A JSON string.
+    String,
+    /// An exact decimal: a JSON number or a decimal string.
+    Decimal,
+    /// An integer JSON number.
+    Integer,
+    /// `true` or `false`.
+    Bool,
+    /// RFC 3339 text or integer epoch milliseconds.
+    Timestamp,
+}
+
+impl FieldType {
+    fn parse(s: &str) -> Option<FieldType> {
+        Some(match s {
+            "string" => FieldType::String,
+            "decimal" | "number" => FieldType::Decimal,
+            "integer" => FieldType::Integer,
+            "bool" | "boolean" => FieldType::Bool,
+            "timestamp" => FieldType::Timestamp,
+            _ => return None,
+        })
+    }
+
+    /// How the type is named in files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Decimal => "decimal",
+            FieldType::Integer => "integer",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// A field every event must carry, with its type.
+#[derive(Clone, Debug)]
+pub struct FieldSpec {
+    /// The JSON member name.
+    pub name: String,
+    /// Its required type.
+    pub ty: FieldType,
+}
+
+/// A check on one field's value.
+#[derive(Clone, Debug)]
+pub enum Check {
+    /// Numeric comparison with a decimal bound.
+    Compare(Comparison, Decimal),
+    /// The string must be one of these.
+    OneOf(Vec<String>),
+    /// The string must match this regular expression (anchored as written).
+    Pattern(Regex),
+}
+
+/// A comparison operator of a numeric rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+impl Comparison {
+    /// The operator as written in messages.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+        }
+    }
+
+    /// Whether `value <op> bound` holds.
+    pub fn holds(self, value: Decimal, bound: Decimal) -> bool {
+        match self {
+            Comparison::Gt => value > bound,
+            Comparison::Ge => value >= bound,
+            Comparison::Lt => value < bound,
+            Comparison::Le => value <= bound,
+        }
+    }
+}
+
+/// A validation rule: a check on one declared field.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Index into [`Validation::fields`].
+    pub field: usize,
+    /// What must hold.
+    pub check: Check,
+}
+
+/// What an event must look like to be processed.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// Required fields, with the event-time, key and id fields among them.
+    pub fields: Vec<FieldSpec>,
+    /// Rules, checked in order; the first that fails names the reason.
+    pub rules: Vec<Rule>,
+    /// Payloads larger than this are dead letters without being parsed.
+    pub max_payload_bytes: usize,
+}
+
+/// Where reading starts when no position is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The oldest retained offset.
+    Earliest,
+    /// Only records produced after start-up.
+    Latest,
+}
+
+/// The input topic and how event time is read from it.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// The Kafka topic.
+    pub topic: String,
+    /// Index of the event-time field in [`Validation::fields`].
+    pub time_field: usize,
+    /// Index of the key field.
+    pub key_field: usize,
+    /// Index of the event-id field.
+    pub id_field: usize,
+    /// Bounded out-of-orderness, in milliseconds.
+    pub max_out_of_orderness_ms: u64,
+    /// After this long without data a partition stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Where to start without recorded or given positions.
+    pub start_from: StartFrom,
+}
+
+/// An aggregate computed per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Aggregate {
+    /// Number of events.
+    Count,
+    /// Exact decimal sum.
+    Sum,
+    /// Least value.
+    Min,
+    /// Greatest value.
+    Max,
+    /// `sum / count`, rounded half-to-even to `avg_scale` decimal places.
+    Avg,
+}
+
+impl Aggregate {
+    fn parse(s: &str) -> Option<Aggregate> {
+        Some(match s {
+            "count" => Aggregate::Count,
+            "sum" => Aggregate::Sum,
+            "min" => Aggregate::Min,
+            "max" => Aggregate::Max,
+            "avg" => Aggregate::Avg,
+            _ => return None,
+        })
+    }
+}
+
+/// How windows are cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping `[start, start + size)`, aligned to the epoch.
+    Tumbling {
+        /// Window length in milliseconds.
+        size_ms: u64,
+    },
+}
+
+/// One windowed aggregation.
+#[derive(Clone, Debug)]
+pub struct WindowSpec {
+    /// Name, carried in every result and late record.
+    pub name: String,
+    /// How windows are cut.
+    pub kind: WindowKind,
+    /// How long after its end a window still accepts records, in milliseconds.
+    pub grace_ms: u64,
+    /// Index of the aggregated numeric field among [`PipelineSpec::numeric_fields`].
+    pub value: Option<usize>,
+    /// What to compute, in output order.
+    pub aggregates: Vec<Aggregate>,
+    /// Topic the results go to.
+    pub topic: String,
+    /// Decimal places of `avg`.
+    pub avg_scale: u32,
+}
+
+/// Where results, dead letters and late records are written.
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    /// Default topic for window results.
+    pub topic: String,
+    /// Topic for records that could not be decoded or failed validation.
+    pub dead_letter_topic: String,
+    /// Topic for records whose window had already closed.
+    pub late_topic: String,
+    /// Partitions of output topics that waterline creates.
+    pub partitions: i32,
+}
+
+/// A validated dataflow.
+#[derive(Clone, Debug)]
+pub struct PipelineSpec {
+    /// The dataflow's name.
+    pub name: String,
+    /// Input.
+    pub input: InputSpec,
+    /// Validation.
+    pub validation: Validation,
+    /// Declared decimal fields that windows aggregate, as indices into `validation.fields`;
+    /// events carry their values in this order.
+    pub numeric_fields: Vec<usize>,
+    /// The windows, in file order.
+    pub windows: Vec<WindowSpec>,
+    /// Output topics.
+    pub output: OutputSpec,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl PipelineSpec {
+    /// Reads and validates a dataflow file.
+    pub fn from_file(path: &Path) -> Result<PipelineSpec, SpecError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            source_name: name.clone(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::from_toml(&name, &text)
+    }
+
+    /// Validates a dataflow given as TOML text; `source_name` names it in errors.
+    pub fn from_toml(source_name: &str, text: &str) -> Result<PipelineSpec, SpecError> {
+        let mut problems = Problems::default();
+        let spec = parse_toml(text, &mut problems).and_then(|t| read_spec(&t, &mut problems));
+        match spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ => Err(SpecError {
+                source_name: source_name.to_string(),
+                problems: problems.into_messages(),
+            }),
+        }
+    }
+
+    /// The field an event's time is read from.
+    pub fn time_field(&self) -> &FieldSpec {
+        &self.validation.fields[self.input.time_field]
+    }
+
+    /// The longest span of event time over which one record can still change an output:
+    /// the largest window size plus grace.
+    pub fn reach_ms(&self) -> u64 {
+        self.windows
+            .iter()
+            .map(|w| match w.kind {
+                WindowKind::Tumbling { size_ms } => size_ms.saturating_add(w.grace_ms),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
+    let top = Table::new("", t);
+    let name = top.string("name", problems);
+
+    // Fields are read first: the input and the rules refer to them by name.
+    let validation_t = top.table("validation", false, problems);
+    let mut fields: Vec<FieldSpec> = Vec::new();
+    if let Some(fields_t) = validation_t
+        .as_ref()
+        .and_then(|v| v.table("fields", false, problems))
+    {
+        for key in fields_t.keys() {
+            if let Some(ty) = fields_t.string(&key, problems) {
+                match FieldType::parse(&ty) {
+                    Some(ty) => fields.push(FieldSpec {
+                        name: key.clone(),
+                        ty,
+                    }),
+                    None => problems.field(
+                        &fields_t.path_of(&key),
+                        format!(
+                            "unknown type `{ty}`; use string, decimal, integer, bool or timestamp"
+                        ),
+                    ),
+                }
+            }
+        }
+        fields_t.finish(problems);
+    }
+
+    let input = top.table("input", true, problems);
+    let mut require =
+        |table: &Table, key: &str, ty: FieldType, problems: &mut Problems| -> Option<usize> {
+            let name = table.string(key, problems)?;
+            match fields.iter().position(|f| f.name == name) {
+                Some(i)
+                    if fields[i].ty == ty
+                        || (ty == FieldType::String
+                            && fields[i].ty == FieldType::Integer
+                            && key != "event_time_field") =>
+                {
+                    Some(i)
+                }
+                Some(i) => {
+                    problems.field(
+                        &table.path_of(key),
+                        format!(
+                            "field `{name}` is declared as {} in validation.fields but must be {}",
+                            fields[i].ty.name(),
+                            ty.name()
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    fields.push(FieldSpec { name, ty });
+                    Some(fields.len() - 1)
+                }
+            }
+        };
+    let mut input_spec = None;
+    if let Some(input) = &input {
+        let topic = input.string("topic", problems);
+        let time_field = require(input, "event_time_field", FieldType::Timestamp, problems);
+        let key_field = require(input, "key_field", FieldType::String, problems);
+        let id_field = require(input, "id_field", FieldType::String, problems);
+        let ooo = input.duration("max_out_of_orderness", problems);
+        let idle = input.duration("idle_timeout", problems);
+        let start_from = match input.opt_string("start_from", problems).as_deref() {
+            None | Some("earliest") => Some(StartFrom::Earliest),
+            Some("latest") => Some(StartFrom::Latest),
+            Some(other) => {
+                problems.field(
+                    &input.path_of("start_from"),
+                    format!("must be \"earliest\" or \"latest\", found `{other}`"),
+                );
+                None
+            }
+        };
+        if let Some(idle) = idle
+            && idle.is_zero()
+        {
+            problems.field(&input.path_of("idle_timeout"), "must be greater than zero");
+        }
+        if let (
+            Some(topic),
+            Some(time_field),
+            Some(key_field),
+            Some(id_field),
+            Some(ooo),
+            Some(idle),
+            Some(start_from),
+        ) = (
+            topic, time_field, key_field, id_field, ooo, idle, start_from,
+        ) {
+            input_spec = Some(InputSpec {
+                topic,
+                time_field,
+                key_field,
+                id_field,
+                max_out_of_orderness_ms: millis(ooo),
+                idle_timeout: idle,
+                start_from,
+            });
+        }
+    }
+    if let Some(input) = input {
+        input.finish(problems);
+    }
+
+    let mut rules = Vec::new();
+    let mut max_payload_bytes = 4 << 20;
+    if let Some(v) = &validation_t {
+        for rule_t in v.tables("rules", problems) {
+            if let Some(rule) = read_rule(&rule_t, &fields, problems) {
+                rules.push(rule);
+            }
+            rule_t.finish(problems);
+        }
+        if let Some(n) = v.opt_integer("max_payload_bytes", 1..=(64 << 20), problems) {
+            max_payload_bytes = n as usize;
+        }
+    }
+    if let Some(v) = validation_t {
+        v.finish(problems);
+    }
+
+    let output_t = top.table("output", true, problems);
+    let mut output = None;
+    if let Some(o) = &output_t {
+        let topic = o.string("topic", problems);
+        let dlq = o.string("dead_letter_topic", problems);
+        let late = o.string("late_topic", problems);
+        let partitions = o
+            .opt_integer("partitions", 1..=10_000, problems)
+            .unwrap_or(8) as i32;
+        if let (Some(topic), Some(dead_letter_topic), Some(late_topic)) = (topic, dlq, late) {
+            output = Some(OutputSpec {
+                topic,
+                dead_letter_topic,
+                late_topic,
+                partitions,
+            });
+        }
+    }
+    if let Some(o) = output_t {
+        o.finish(problems);
+    }
+
+    let mut numeric_fields: Vec<usize> = Vec::new();
+    let mut windows = Vec::new();
+    let window_tables = top.tables("windows", problems);
+    if window_tables.is_empty() {
+        problems.field("windows", "at least one [[windows]] table is required");
+    }
+    for w in window_tables {
+        if let Some(spec) = read_window(&w, &fields, &mut numeric_fields, output.as_ref(), problems)
+        {
+            if windows.iter().any(|x: &WindowSpec| x.name == spec.name) {
+                problems.field(
+                    &w.path_of("name"),
+                    format!("`{}` is used by another window", spec.name),
+                );
+            }
+            windows.push(spec);
+        }
+        w.finish(problems);
+    }
+    top.finish(problems);
+
+    Some(PipelineSpec {
+        name: name?,
+        input: input_spec?,
+        validation: Validation {
+            fields,
+            rules,
+            max_payload_bytes,
+        },
+        numeric_fields,
+        windows,
+        output: output?,
+    })
+}
+
+fn read_rule(t: &Table, fields: &[FieldSpec], problems: &mut Problems) -> Option<Rule> {
+    let name = t.string("field", problems)?;
+    let Some(field) = fields.iter().position(|f| f.name == name) else {
+        // The checks of a rule on an unknown field are not themselves unknown settings.
+        for key in ["gt", "ge", "lt", "le", "one_of", "pattern"] {
+            t.raw(key);
+        }
+        problems.field(
+            &t.path_of("field"),
+            format!("`{name}` is not declared in [validation.fields]"),
+        );
+        return None;
+    };
+    let ty = fields[field].ty;
+    let mut checks = Vec::new();
+    for (key, cmp) in [
+        ("gt", Comparison::Gt),
+        ("ge", Comparison::Ge),
+        ("lt", Comparison::Lt),
+        ("le", Comparison::Le),
+    ] {
+        if let Some(v) = t.raw(key) {
+            let bound = match v {
+                toml::Value::Integer(i) => Some(Decimal::from(*i)),
+                toml::Value::String(s) => Decimal::from_str(s).ok(),
+                _ => None,
+            };
+            match bound {
+                Some(b) if matches!(ty, FieldType::Decimal | FieldType::Integer) => {
+                    checks.push(Check::Compare(cmp, b))
+                }
+                Some(_) => problems.field(
+                    &t.path_of(key),
+                    format!(
+                        "numeric rules need a decimal or integer field; `{name}` is {}",
+                        ty.name()
+                    ),
+                ),
+                None => problems.field(
+                    &t.path_of(key),
+                    "expected an integer or a decimal string such as \"0.01\"",
+                ),
+            }
+        }
+    }
+    if let Some(values) = t.opt_strings("one_of", problems) {
+        if ty != FieldType::String {
+            problems.field(
+                &t.path_of("one_of"),
+                format!("needs a string field; `{name}` is {}", ty.name()),
+            );
+        } else if values.is_empty() {
+            problems.field(&t.path_of("one_of"), "must list at least one value");
+        } else {
+            checks.push(Check::OneOf(values));
+        }
+    }
+    if let Some(p) = t.opt_string("pattern", problems) {
+        if ty != FieldType::String {
+            problems.field(
+                &t.path_of("pattern"),
+                format!("needs a string field; `{name}` is {}", ty.name()),
+            );
+        } else {
+            match Regex::new(&p) {
+                Ok(re) => checks.push(Check::Pattern(re)),
+                Err(e) => problems.field(
+                    &t.path_of("pattern"),
+                    format!("not a valid regular expression: {e}"),
+                ),
+            }
+        }
+    }
+    match checks.len() {
+        1 => checks.pop().map(|check| Rule { field, check }),
+        0 => {
+            problems.field(
+                t.path(),
+                "a rule needs one of gt, ge, lt, le, one_of, pattern",
+            );
+            None
+        }
+        _ => {
+            problems.field(
+                t.path(),
+                "a rule holds exactly one check; write one [[validation.rules]] per check",
+            );
+            None
+        }
+    }
+}
+
+fn read_window(
+    t: &Table,
+    fields: &[FieldSpec],
+    numeric_fields: &mut Vec<usize>,
+    output: Option<&OutputSpec>,
+    problems: &mut Problems,
+) -> Option<WindowSpec> {
+    let name = t.string("name", problems);
+    let kind = match t.string("kind", problems).as_deref() {
+        Some("tumbling") => {
+            let size = t.duration("size", problems);
+            match size.map(millis) {
+                Some(0) => {
+                    problems.field(&t.path_of("size"), "must be at least 1ms");
+                    None
+                }
+                Some(size_ms) => Some(WindowKind::Tumbling { size_ms }),
+                None => None,
+            }
+        }
+        Some(other) => {
+            problems.field(
+                &t.path_of("kind"),
+                format!("unknown window kind `{other}`; this version supports \"tumbling\""),
+            );
+            None
+        }
+        None => None,
+    };
+    let grace = t.opt_duration("grace", problems).map(millis).unwrap_or(0);
+    let aggregates = t.opt_strings("aggregates", problems).unwrap_or_else(|| {
+        problems.field(
+            &t.path_of("aggregates"),
+            "is required: any of count, sum, min, max, avg",
+        );
+        Vec::new()
+    });
+    let mut aggs = Vec::new();
+    for (i, a) in aggregates.iter().enumerate() {
+        match Aggregate::parse(a) {
+            Some(a) if !aggs.contains(&a) => aggs.push(a),
+            Some(_) => problems.field(
+                &format!("{}[{i}]", t.path_of("aggregates")),
+                format!("`{a}` is listed twice"),
+            ),
+            None => problems.field(
+                &format!("{}[{i}]", t.path_of("aggregates")),
+                format!("unknown aggregate `{a}`; use count, sum, min, max or avg"),
+            ),
+        }
+    }
+    let needs_value = aggs.iter().any(|a| *a != Aggregate::Count);
+    let field = t.opt_string("field", problems);
+    let value = match (&field, needs_value) {
+        (None, true) => {
+            problems.field(
+                &t.path_of("field"),
+                "is required by sum, min, max and avg: the numeric field to aggregate",
+            );
+            None
+        }
+        (None, false) => None,
+        (Some(f), _) => match fields.iter().position(|x| &x.name == f) {
+            Some(i) if fields[i].ty == FieldType::Decimal || fields[i].ty == FieldType::Integer => {
+                Some(match numeric_fields.iter().position(|&n| n == i) {
+                    Some(j) => j,
+                    None => {
+                        numeric_fields.push(i);
+                        numeric_fields.len() - 1
+                    }
+                })
+            }
+            Some(i) => {
+                problems.field(
+                    &t.path_of("field"),
+                    format!(
+                        "`{f}` is declared as {}; aggregates need decimal or integer",
+                        fields[i].ty.name()
+                    ),
+                );
+                None
+            }
+            None => {
+                problems.field(
+                    &t.path_of("field"),
+                    format!("`{f}` is not declared in [validation.fields]"),
+                );
+                None
+            }
+        },
+    };
+    let avg_scale = t.opt_integer("avg_scale", 0..=12, problems).unwrap_or(6) as u32;
+    let topic = t
+        .opt_string("topic", problems)
+        .or_else(|| output.map(|o| o.topic.clone()));
+    if needs_value && value.is_none() {
+        return None;
+    }
+    Some(WindowSpec {
+        name: name?,
+        kind: kind?,
+        grace_ms: grace,
+        value,
+        aggregates: aggs,
+        topic: topic?,
+        avg_scale,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRADES: &str = include_str!("../dataflows/trades.toml");
+
+    #[test]
+    fn the_shipped_trades_dataflow_is_valid() {
+        let spec = PipelineSpec::from_toml("trades.toml", TRADES).expect("trades.toml is valid");
+        assert_eq!(spec.input.topic, "trades");
+        assert_eq!(spec.time_field().name, "timestamp");
+        assert!(!spec.windows.is_empty());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let text = r#"
+name = "x"
+[input]
+topic = "t"
+event_time_field = "ts"
+key_field = "k"
+id_field = "id"
+max_out_of_orderness = "soon"
+idle_timeout = "0s"
+[validation.fields]
+amount = "money"
+[[validation.rules]]
+field = "nope"
+gt = 0
+[[windows]]
+name = "w"
+kind = "hopping"
+aggregates = ["count", "median"]
+colour = "blue"
+[output]
+topic = "o"
+late_topic = "l"
+"#;
+        let err = PipelineSpec::from_toml("bad.toml", text).expect_err("must fail");
+        let all = err.problems.join("\n");
+        for needle in [
+            "`input.max_out_of_orderness`",
+            "`input.idle_timeout`: must be greater than zero",
+            "`validation.fields.amount`: unknown type `money`",
+            "`validation.rules[0].field`: `nope` is not declared",
+            "`windows[0].kind`: unknown window kind `hopping`",
+            "`windows[0].aggregates[1]`: unknown aggregate `median`",
+            "`windows[0].colour`: is not a known setting",
+            "`output.dead_letter_topic`: is required",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 8, "{all}");
+    }
+}

@@ -1,0 +1,191 @@
+//! Windows: pure assignment functions, the lateness rule, and exact accumulators.
+//!
+//! A window `[start, end)` of a spec with grace `g` closes when the frontier reaches
+//! `end + g`. A record at event time `t` read from a partition whose watermark is `wm` is
+//! **late** for that spec when its window has already closed there: `end + g <= wm`. The
+//! decision depends only on the partition's own sequence of records, so a replay of the
+//! same offsets classifies every record the same way.
+
+pub mod operator;
+pub mod tumbling;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{WindowKind, WindowSpec};
+
+/// The window of `spec` that contains event time `t`, as `(start, end)`.
+pub fn assign(kind: WindowKind, t: u64) -> (u64, u64) {
+    match kind {
+        WindowKind::Tumbling { size_ms } => tumbling::assign(size_ms, t),
+    }
+}
+
+/// The time at which the window ending at `end` closes: `end + grace`, saturating.
+pub fn close_time(spec: &WindowSpec, end: u64) -> u64 {
+    end.saturating_add(spec.grace_ms)
+}
+
+/// Whether a record at `t` is late for `spec` at partition watermark `wm`.
+pub fn is_late(spec: &WindowSpec, t: u64, wm: u64) -> bool {
+    let (_, end) = assign(spec.kind, t);
+    close_time(spec, end) <= wm
+}
+
+/// Exact running aggregates of one (key, window). Merging is associative and commutative,
+/// so the result does not depend on arrival order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accumulator {
+    /// Number of events.
+    pub count: u64,
+    /// Exact sum.
+    pub sum: Decimal,
+    /// Least value.
+    pub min: Decimal,
+    /// Greatest value.
+    pub max: Decimal,
+}
+
+impl Accumulator {
+    /// The aggregates of one value.
+    pub fn of(v: Decimal) -> Self {
+        Accumulator {
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+        }
+    }
+
+    /// Adds one value.
+    pub fn add(&mut self, v: Decimal) {
+        self.count += 1;
+        // Inputs are bounded by codec::MAX_ABS_DECIMAL (10^18), so 10^10 of them fit the
+        // 96-bit mantissa; saturating keeps the impossible case from panicking.
+        self.sum = self.sum.saturating_add(v);
+        if v < self.min {
+            self.min = v;
+        }
+        if v > self.max {
+            self.max = v;
+        }
+    }
+
+    /// Merges another accumulator into this one.
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.count += other.count;
+        self.sum = self.sum.saturating_add(other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    /// `sum / count` rounded half-to-even to `scale` places, computed exactly.
+    pub fn avg(&self, scale: u32) -> Decimal {
+        exact_avg(self.sum, self.count, scale)
+    }
+}
+
+/// `sum / count` rounded half-to-even to `scale` decimal places, without intermediate
+/// rounding: integer arithmetic on the mantissa, falling back to decimal division only
+/// where the integers would overflow (counts beyond 10^16).
+pub fn exact_avg(sum: Decimal, count: u64, scale: u32) -> Decimal {
+    if count == 0 {
+        return Decimal::ZERO;
+    }
+    let m = sum.mantissa();
+    let e = sum.scale();
+    let c = i128::from(count);
+    // avg * 10^scale = m * 10^(scale - e) / c
+    let (num, den) = if scale >= e {
+        match 10i128.checked_pow(scale - e).and_then(|p| m.checked_mul(p)) {
+            Some(n) => (n, c),
+            None => return fallback_avg(sum, count, scale),
+        }
+    } else {
+        match 10i128.checked_pow(e - scale).and_then(|p| p.checked_mul(c)) {
+            Some(d) => (m, d),
+            None => return fallback_avg(sum, count, scale),
+        }
+    };
+    let q = num / den;
+    let r = num % den;
+    let twice = r.abs() * 2;
+    let q = match twice.cmp(&den) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + num.signum(),
+        std::cmp::Ordering::Equal if q % 2 == 0 => q,
+        std::cmp::Ordering::Equal => q + num.signum(),
+    };
+    Decimal::try_from_i128_with_scale(q, scale).unwrap_or_else(|_| fallback_avg(sum, count, scale))
+}
+
+fn fallback_avg(sum: Decimal, count: u64, scale: u32) -> Decimal {
+    (sum / Decimal::from(count))
+        .round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("decimal")
+    }
+
+    #[test]
+    fn accumulators_merge_in_any_order() {
+        let values = ["3.5", "-1", "10.25", "0.001"];
+        let mut a = Accumulator::of(d(values[0]));
+        for v in &values[1..] {
+            a.add(d(v));
+        }
+        let mut b = Accumulator::of(d(values[3]));
+        let mut c = Accumulator::of(d(values[1]));
+        c.add(d(values[2]));
+        b.merge(&c);
+        b.merge(&Accumulator::of(d(values[0])));
+        assert_eq!(a, b);
+        assert_eq!(a.count, 4);
+        assert_eq!(a.sum, d("12.751"));
+        assert_eq!(a.min, d("-1"));
+        assert_eq!(a.max, d("10.25"));
+    }
+
+    #[test]
+    fn averages_round_half_to_even_exactly() {
+        assert_eq!(exact_avg(d("10"), 4, 0), d("2")); // 2.5 → 2
+        assert_eq!(exact_avg(d("14"), 4, 0), d("4")); // 3.5 → 4
+        assert_eq!(exact_avg(d("-10"), 4, 0), d("-2"));
+        assert_eq!(exact_avg(d("1"), 3, 6), d("0.333333"));
+        assert_eq!(exact_avg(d("2"), 3, 2), d("0.67"));
+        assert_eq!(exact_avg(d("0.125"), 1, 2), d("0.12"));
+        assert_eq!(exact_avg(d("0.135"), 1, 2), d("0.14"));
+        assert_eq!(exact_avg(d("0.0000000000000000000000000001"), 1, 2), d("0"));
+        assert_eq!(
+            exact_avg(d("1000000000000000000"), 7, 12),
+            d("142857142857142857.142857142857")
+        );
+    }
+
+    #[test]
+    fn lateness_is_judged_against_window_end_plus_grace() {
+        let spec = WindowSpec {
+            name: "w".into(),
+            kind: WindowKind::Tumbling { size_ms: 1_000 },
+            grace_ms: 200,
+            value: None,
+            aggregates: vec![],
+            topic: "o".into(),
+            avg_scale: 2,
+        };
+        // The window [1000, 2000) closes at 2200.
+        assert!(!is_late(&spec, 1_999, 2_199));
+        assert!(is_late(&spec, 1_999, 2_200));
+        assert!(is_late(&spec, 1_000, 2_200));
+        assert!(
+            !is_late(&spec, 2_000, 2_200),
+            "2000 belongs to the next window"
+        );
+    }
+}
