@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -30,9 +31,26 @@ struct PartitionState {
     at_eof: bool,
 }
 
+/// Routes librdkafka's errors to tracing, except the end-of-partition notices that
+/// `enable.partition.eof` asks for: those are expected, and handled in [`KafkaReader::poll`].
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(error = %error, reason, "Kafka consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 /// Reads one worker's partitions of the input topic.
 pub struct KafkaReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     topic: String,
     partitions: BTreeMap<i32, PartitionState>,
     last_error_log: Option<Instant>,
@@ -69,10 +87,12 @@ impl KafkaReader {
         for (k, v) in &config.kafka_properties {
             c.set(k, v);
         }
-        let consumer: BaseConsumer = c.create().map_err(|source| KafkaSetupError::Client {
-            what: "cannot create the Kafka consumer".into(),
-            source,
-        })?;
+        let consumer: BaseConsumer<SourceContext> =
+            c.create_with_context(SourceContext)
+                .map_err(|source| KafkaSetupError::Client {
+                    what: "cannot create the Kafka consumer".into(),
+                    source,
+                })?;
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             let offset = match start {

@@ -1,0 +1,398 @@
+//! The reference test: the dataflow's output on random, out-of-order input with late and
+//! invalid records, compared with a naive batch recomputation written from the rules
+//! alone (per-partition watermarks, lateness against end + grace, exact sums), for 1, 2
+//! and 4 workers.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::str::FromStr;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use waterline::metrics::Metrics;
+use waterline::output::{OutRecord, Topics, murmur2};
+use waterline::pipeline;
+use waterline::sink::memory::MemoryWriter;
+use waterline::source::SourceControl;
+use waterline::source::memory::MemoryReader;
+use waterline::spec::PipelineSpec;
+
+const OOO_MS: u64 = 200;
+/// (name, size, grace) of the two windows the test dataflow declares.
+const WINDOWS: [(&str, u64, u64); 2] = [("small", 1_000, 300), ("large", 5_000, 0)];
+const PARTITIONS: i32 = 5;
+const OUT_PARTITIONS: i32 = 3;
+
+fn spec() -> PipelineSpec {
+    let text = format!(
+        r#"
+name = "reference"
+[input]
+topic = "in"
+event_time_field = "ts"
+key_field = "k"
+id_field = "id"
+max_out_of_orderness = {OOO_MS}
+idle_timeout = "1h"
+[validation.fields]
+v = "decimal"
+[[validation.rules]]
+field = "v"
+ge = "-1000"
+[[windows]]
+name = "{}"
+kind = "tumbling"
+size = {}
+grace = {}
+field = "v"
+aggregates = ["count", "sum", "min", "max", "avg"]
+avg_scale = 2
+topic = "out-small"
+[[windows]]
+name = "{}"
+kind = "tumbling"
+size = {}
+grace = {}
+field = "v"
+aggregates = ["count", "sum", "min", "max", "avg"]
+avg_scale = 3
+topic = "out-large"
+[output]
+topic = "out"
+dead_letter_topic = "dlq"
+late_topic = "late"
+partitions = {OUT_PARTITIONS}
+"#,
+        WINDOWS[0].0, WINDOWS[0].1, WINDOWS[0].2, WINDOWS[1].0, WINDOWS[1].1, WINDOWS[1].2
+    );
+    PipelineSpec::from_toml("reference", &text).expect("the test dataflow is valid")
+}
+
+/// One generated input record and what the test knows about it.
+#[derive(Clone, Debug)]
+struct Input {
+    payload: Option<Vec<u8>>,
+    /// `Some((time, key, value))` for a valid event; `None` for one built to be invalid,
+    /// with the error kind expected.
+    truth: Result<(u64, String, Decimal), &'static str>,
+}
+
+fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let keys = ["a", "b", "c", "d", "e", "f", "g"];
+    (0..PARTITIONS)
+        .map(|p| {
+            let mut clock: u64 = 1_700_000_000_000 + rng.random_range(0..3_000);
+            let mut out = Vec::with_capacity(per_partition);
+            for i in 0..per_partition {
+                clock += rng.random_range(0..60);
+                let roll: f64 = rng.random();
+                let time = if roll < 0.03 {
+                    clock.saturating_sub(rng.random_range(1_000..8_000)) // far behind: usually late
+                } else {
+                    clock.saturating_sub(rng.random_range(0..400)) // within or just past the bound
+                };
+                let key = keys[rng.random_range(0..keys.len())].to_string();
+                let scale = rng.random_range(0..4u32);
+                let mantissa: i64 = rng.random_range(-999..500_000); // ≥ -999 passes the rule `v >= -1000`
+                let value = Decimal::new(mantissa, scale);
+                let v_json = if rng.random_bool(0.5) {
+                    value.to_string()
+                } else {
+                    format!("\"{value}\"")
+                };
+                let ts_json = if rng.random_bool(0.3) {
+                    let t =
+                        chrono::DateTime::from_timestamp_millis(time as i64).expect("valid time");
+                    format!(
+                        "\"{}\"",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )
+                } else {
+                    time.to_string()
+                };
+                let good = format!(r#"{{"id":"{p}-{i}","ts":{ts_json},"k":"{key}","v":{v_json}}}"#);
+                let input = if rng.random_bool(0.04) {
+                    let (payload, kind): (Option<Vec<u8>>, &str) = match rng.random_range(0..6) {
+                        0 => (None, "empty_payload"),
+                        1 => (
+                            Some(good.as_bytes()[..good.len() - 3].to_vec()),
+                            "malformed_json",
+                        ),
+                        2 => (
+                            Some(
+                                format!(r#"{{"id":"x","ts":{ts_json},"k":"{key}"}}"#).into_bytes(),
+                            ),
+                            "missing_field",
+                        ),
+                        3 => (
+                            Some(
+                                format!(r#"{{"id":"x","ts":{ts_json},"k":"{key}","v":"-1000.5"}}"#)
+                                    .into_bytes(),
+                            ),
+                            "rule_violation",
+                        ),
+                        4 => (Some(vec![b'{', 0xc3, 0x28, b'}']), "not_utf8"),
+                        _ => (
+                            Some(
+                                format!(r#"{{"id":"x","ts":{ts_json},"k":7,"v":1}}"#).into_bytes(),
+                            ),
+                            "wrong_type",
+                        ),
+                    };
+                    Input {
+                        payload,
+                        truth: Err(kind),
+                    }
+                } else {
+                    Input {
+                        payload: Some(good.into_bytes()),
+                        truth: Ok((time, key, value)),
+                    }
+                };
+                out.push(input);
+            }
+            out
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Expected {
+    /// (window name, key, start) → (count, sum, min, max, avg)
+    windows: BTreeMap<(String, String, u64), (u64, Decimal, Decimal, Decimal, Decimal)>,
+    /// (partition, offset, error kind)
+    dead: BTreeSet<(i32, i64, String)>,
+    /// (window name, partition, offset)
+    late: BTreeSet<(String, i32, i64)>,
+}
+
+/// The naive recomputation: replay each partition in offset order with its own watermark.
+fn recompute(input: &[Vec<Input>]) -> Expected {
+    let mut expected = Expected::default();
+    let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
+    for (p, records) in input.iter().enumerate() {
+        let mut max_seen: Option<u64> = None;
+        for (offset, r) in records.iter().enumerate() {
+            match &r.truth {
+                Err(kind) => {
+                    expected
+                        .dead
+                        .insert((p as i32, offset as i64, kind.to_string()));
+                }
+                Ok((t, key, v)) => {
+                    max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
+                    let wm = max_seen.unwrap_or(0).saturating_sub(OOO_MS);
+                    for (name, size, grace) in WINDOWS {
+                        let start = t / size * size;
+                        if start + size + grace <= wm {
+                            expected
+                                .late
+                                .insert((name.to_string(), p as i32, offset as i64));
+                        } else {
+                            accs.entry((name.to_string(), key.clone(), start))
+                                .or_default()
+                                .push(*v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (k, values) in accs {
+        let count = values.len() as u64;
+        let sum: Decimal = values.iter().sum();
+        let min = *values.iter().min().expect("non-empty");
+        let max = *values.iter().max().expect("non-empty");
+        let scale = if k.0 == "small" { 2 } else { 3 };
+        let avg = (sum / Decimal::from(count))
+            .round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
+        expected.windows.insert(k, (count, sum, min, max, avg));
+    }
+    expected
+}
+
+fn dec(v: &serde_json::Value, field: &str) -> Decimal {
+    Decimal::from_str(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is a decimal string in {v}")),
+    )
+    .unwrap_or_else(|e| panic!("{field} in {v}: {e}"))
+}
+
+/// Reads what the dataflow wrote into the same shape, checking routing on the way.
+fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
+    let mut got = Expected::default();
+    for r in records {
+        let name = &topics.names[r.topic as usize];
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.payload).expect("every output is JSON");
+        let n = topics.partitions[r.topic as usize];
+        match name.as_str() {
+            "dlq" => {
+                let p = v["source"]["partition"].as_i64().expect("partition") as i32;
+                assert_eq!(
+                    r.partition,
+                    p % n,
+                    "dead letters follow their source partition"
+                );
+                assert!(
+                    v["payload_base64"].is_string()
+                        && v["reason"].as_str().is_some_and(|s| !s.is_empty())
+                );
+                let fresh = got.dead.insert((
+                    p,
+                    v["source"]["offset"].as_i64().expect("offset"),
+                    v["error_kind"].as_str().expect("kind").to_string(),
+                ));
+                assert!(fresh, "dead letter written twice: {v}");
+            }
+            "late" => {
+                let key = v["key"].as_str().expect("key");
+                assert_eq!(r.partition, (murmur2(key.as_bytes()) & 0x7fff_ffff) % n);
+                let fresh = got.late.insert((
+                    v["window"].as_str().expect("window").to_string(),
+                    v["source"]["partition"].as_i64().expect("partition") as i32,
+                    v["source"]["offset"].as_i64().expect("offset"),
+                ));
+                assert!(fresh, "late record written twice: {v}");
+            }
+            "out-small" | "out-large" => {
+                let key = v["key"].as_str().expect("key").to_string();
+                assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+                assert_eq!(
+                    r.partition,
+                    (murmur2(key.as_bytes()) & 0x7fff_ffff) % n,
+                    "results go to their key's partition"
+                );
+                let start = v["window_start_ms"].as_u64().expect("start");
+                let previous = got.windows.insert(
+                    (
+                        v["window"].as_str().expect("window").to_string(),
+                        key,
+                        start,
+                    ),
+                    (
+                        v["count"].as_u64().expect("count"),
+                        dec(&v, "sum"),
+                        dec(&v, "min"),
+                        dec(&v, "max"),
+                        dec(&v, "avg"),
+                    ),
+                );
+                assert!(previous.is_none(), "window emitted twice: {v}");
+            }
+            other => panic!("unexpected topic {other}"),
+        }
+    }
+    got
+}
+
+fn run(input: &[Vec<Input>], workers: usize, chunk: usize) -> (Vec<OutRecord>, Topics) {
+    let spec = spec();
+    let topics = Topics::new(&spec, |_| OUT_PARTITIONS);
+    let written = MemoryWriter::default();
+    let parts: Vec<(i32, Vec<Option<Vec<u8>>>)> = input
+        .iter()
+        .enumerate()
+        .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
+        .collect();
+    let (spec2, topics2, written2) = (spec.clone(), topics.clone(), written.clone());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine = parts
+            .iter()
+            .filter(|(p, _)| *p as usize % peers == index)
+            .cloned()
+            .collect();
+        let state = pipeline::build(
+            worker,
+            Rc::new(spec2.clone()),
+            Rc::new(topics2.clone()),
+            MemoryReader::new(mine, chunk),
+            Rc::new(RefCell::new(written2.clone())),
+            SourceControl::default(),
+            Metrics::new(),
+        );
+        while worker.step_or_park(Some(std::time::Duration::from_millis(1))) {}
+        assert!(state.borrow().complete, "the sink saw its input complete");
+    })
+    .expect("timely starts")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("no worker panicked"));
+    let records = written.records.lock().expect("lock").clone();
+    (records, topics)
+}
+
+/// Asserts two sets are equal, showing only the differences.
+fn same_set<T: Ord + std::fmt::Debug>(got: &BTreeSet<T>, expected: &BTreeSet<T>, what: &str) {
+    let missing: Vec<_> = expected.difference(got).take(10).collect();
+    let extra: Vec<_> = got.difference(expected).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
+#[test]
+fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
+    for seed in 0..4u64 {
+        let input = generate(seed, 1_500);
+        let expected = recompute(&input);
+        assert!(
+            expected.late.len() > 20,
+            "the input exercises lateness ({})",
+            expected.late.len()
+        );
+        assert!(expected.dead.len() > 20, "the input exercises dead letters");
+        assert!(expected.windows.len() > 50);
+        for workers in [1, 2, 4] {
+            let chunk = 1 + (seed as usize * 37 + workers * 11) % 200;
+            let (records, topics) = run(&input, workers, chunk);
+            let got = collect(&records, &topics);
+            same_set(
+                &got.dead,
+                &expected.dead,
+                &format!("dead letters, seed {seed}, {workers} workers"),
+            );
+            same_set(
+                &got.late,
+                &expected.late,
+                &format!("late records, seed {seed}, {workers} workers"),
+            );
+            for (k, v) in &expected.windows {
+                assert_eq!(
+                    got.windows.get(k),
+                    Some(v),
+                    "window {k:?}, seed {seed}, {workers} workers"
+                );
+            }
+            assert_eq!(
+                got.windows.len(),
+                expected.windows.len(),
+                "no extra windows, seed {seed}, {workers} workers"
+            );
+        }
+    }
+}
+
+#[test]
+fn output_bytes_do_not_depend_on_the_worker_count_or_read_interleaving() {
+    let input = generate(99, 800);
+    let sorted = |mut v: Vec<OutRecord>| {
+        // Dead letters carry the wall-clock time they were refused; everything else is a
+        // pure function of the input.
+        v.retain(|r| r.topic != 2);
+        v.sort();
+        v
+    };
+    let (one, topics) = run(&input, 1, 7);
+    assert_eq!(topics.names, vec!["out-small", "out-large", "dlq", "late"]);
+    let (four, _) = run(&input, 4, 131);
+    assert_eq!(sorted(one), sorted(four));
+}
