@@ -68,7 +68,16 @@ pub enum Outcome {
 }
 
 /// Runs `spec` against the Kafka cluster of `config`.
-pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Outcome, RunError> {
+pub fn run(
+    mut spec: PipelineSpec,
+    config: Config,
+    options: RunOptions,
+) -> Result<Outcome, RunError> {
+    if options.stop_at_end {
+        // In a bounded run every partition has data waiting until it reaches its end, so
+        // none is idle: results then depend on the input alone, not on read speed.
+        spec.input.idle_timeout = Duration::MAX;
+    }
     let probe = kafka::metadata_consumer(&config)?;
     let timeout = Duration::from_secs(30);
     let input_partitions =

@@ -3,14 +3,15 @@
 //! alone (per-partition watermarks, lateness against end + grace, exact sums), for 1, 2
 //! and 4 workers.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
-use std::str::FromStr;
+mod common;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use common::{Expected, Input, Win, absorb, assert_matches, recompute};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 
 use waterline::metrics::Metrics;
 use waterline::output::{OutRecord, Topics, murmur2};
@@ -21,8 +22,21 @@ use waterline::source::memory::MemoryReader;
 use waterline::spec::PipelineSpec;
 
 const OOO_MS: u64 = 200;
-/// (name, size, grace) of the two windows the test dataflow declares.
-const WINDOWS: [(&str, u64, u64); 2] = [("small", 1_000, 300), ("large", 5_000, 0)];
+/// The two windows the test dataflow declares.
+const WINDOWS: [Win; 2] = [
+    Win {
+        name: "small",
+        size: 1_000,
+        grace: 300,
+        avg_scale: 2,
+    },
+    Win {
+        name: "large",
+        size: 5_000,
+        grace: 0,
+        avg_scale: 3,
+    },
+];
 const PARTITIONS: i32 = 5;
 const OUT_PARTITIONS: i32 = 3;
 
@@ -66,18 +80,14 @@ dead_letter_topic = "dlq"
 late_topic = "late"
 partitions = {OUT_PARTITIONS}
 "#,
-        WINDOWS[0].0, WINDOWS[0].1, WINDOWS[0].2, WINDOWS[1].0, WINDOWS[1].1, WINDOWS[1].2
+        WINDOWS[0].name,
+        WINDOWS[0].size,
+        WINDOWS[0].grace,
+        WINDOWS[1].name,
+        WINDOWS[1].size,
+        WINDOWS[1].grace
     );
     PipelineSpec::from_toml("reference", &text).expect("the test dataflow is valid")
-}
-
-/// One generated input record and what the test knows about it.
-#[derive(Clone, Debug)]
-struct Input {
-    payload: Option<Vec<u8>>,
-    /// `Some((time, key, value))` for a valid event; `None` for one built to be invalid,
-    /// with the error kind expected.
-    truth: Result<(u64, String, Decimal), &'static str>,
 }
 
 fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
@@ -160,79 +170,15 @@ fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
         .collect()
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Expected {
-    /// (window name, key, start) → (count, sum, min, max, avg)
-    windows: BTreeMap<(String, String, u64), (u64, Decimal, Decimal, Decimal, Decimal)>,
-    /// (partition, offset, error kind)
-    dead: BTreeSet<(i32, i64, String)>,
-    /// (window name, partition, offset)
-    late: BTreeSet<(String, i32, i64)>,
-}
-
-/// The naive recomputation: replay each partition in offset order with its own watermark.
-fn recompute(input: &[Vec<Input>]) -> Expected {
-    let mut expected = Expected::default();
-    let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
-    for (p, records) in input.iter().enumerate() {
-        let mut max_seen: Option<u64> = None;
-        for (offset, r) in records.iter().enumerate() {
-            match &r.truth {
-                Err(kind) => {
-                    expected
-                        .dead
-                        .insert((p as i32, offset as i64, kind.to_string()));
-                }
-                Ok((t, key, v)) => {
-                    max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
-                    let wm = max_seen.unwrap_or(0).saturating_sub(OOO_MS);
-                    for (name, size, grace) in WINDOWS {
-                        let start = t / size * size;
-                        if start + size + grace <= wm {
-                            expected
-                                .late
-                                .insert((name.to_string(), p as i32, offset as i64));
-                        } else {
-                            accs.entry((name.to_string(), key.clone(), start))
-                                .or_default()
-                                .push(*v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (k, values) in accs {
-        let count = values.len() as u64;
-        let sum: Decimal = values.iter().sum();
-        let min = *values.iter().min().expect("non-empty");
-        let max = *values.iter().max().expect("non-empty");
-        let scale = if k.0 == "small" { 2 } else { 3 };
-        let avg = (sum / Decimal::from(count))
-            .round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
-        expected.windows.insert(k, (count, sum, min, max, avg));
-    }
-    expected
-}
-
-fn dec(v: &serde_json::Value, field: &str) -> Decimal {
-    Decimal::from_str(
-        v[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("{field} is a decimal string in {v}")),
-    )
-    .unwrap_or_else(|e| panic!("{field} in {v}: {e}"))
-}
-
-/// Reads what the dataflow wrote into the same shape, checking routing on the way.
+/// Reads what the dataflow wrote, checking routing on the way.
 fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
     let mut got = Expected::default();
     for r in records {
         let name = &topics.names[r.topic as usize];
+        let n = topics.partitions[r.topic as usize];
         let v: serde_json::Value =
             serde_json::from_slice(&r.payload).expect("every output is JSON");
-        let n = topics.partitions[r.topic as usize];
-        match name.as_str() {
+        let role = match name.as_str() {
             "dlq" => {
                 let p = v["source"]["partition"].as_i64().expect("partition") as i32;
                 assert_eq!(
@@ -240,54 +186,23 @@ fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
                     p % n,
                     "dead letters follow their source partition"
                 );
-                assert!(
-                    v["payload_base64"].is_string()
-                        && v["reason"].as_str().is_some_and(|s| !s.is_empty())
-                );
-                let fresh = got.dead.insert((
-                    p,
-                    v["source"]["offset"].as_i64().expect("offset"),
-                    v["error_kind"].as_str().expect("kind").to_string(),
-                ));
-                assert!(fresh, "dead letter written twice: {v}");
+                assert!(v["payload_base64"].is_string());
+                "dead"
             }
-            "late" => {
-                let key = v["key"].as_str().expect("key");
-                assert_eq!(r.partition, (murmur2(key.as_bytes()) & 0x7fff_ffff) % n);
-                let fresh = got.late.insert((
-                    v["window"].as_str().expect("window").to_string(),
-                    v["source"]["partition"].as_i64().expect("partition") as i32,
-                    v["source"]["offset"].as_i64().expect("offset"),
-                ));
-                assert!(fresh, "late record written twice: {v}");
-            }
-            "out-small" | "out-large" => {
-                let key = v["key"].as_str().expect("key").to_string();
-                assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
-                assert_eq!(
-                    r.partition,
-                    (murmur2(key.as_bytes()) & 0x7fff_ffff) % n,
-                    "results go to their key's partition"
-                );
-                let start = v["window_start_ms"].as_u64().expect("start");
-                let previous = got.windows.insert(
-                    (
-                        v["window"].as_str().expect("window").to_string(),
-                        key,
-                        start,
-                    ),
-                    (
-                        v["count"].as_u64().expect("count"),
-                        dec(&v, "sum"),
-                        dec(&v, "min"),
-                        dec(&v, "max"),
-                        dec(&v, "avg"),
-                    ),
-                );
-                assert!(previous.is_none(), "window emitted twice: {v}");
-            }
+            "late" => "late",
+            "out-small" | "out-large" => "window",
             other => panic!("unexpected topic {other}"),
+        };
+        if role != "dead" {
+            let key = v["key"].as_str().expect("key");
+            assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+            assert_eq!(
+                r.partition,
+                (murmur2(key.as_bytes()) & 0x7fff_ffff) % n,
+                "keyed records go to their key's partition"
+            );
         }
+        absorb(&mut got, role, &r.payload);
     }
     got
 }
@@ -329,21 +244,11 @@ fn run(input: &[Vec<Input>], workers: usize, chunk: usize) -> (Vec<OutRecord>, T
     (records, topics)
 }
 
-/// Asserts two sets are equal, showing only the differences.
-fn same_set<T: Ord + std::fmt::Debug>(got: &BTreeSet<T>, expected: &BTreeSet<T>, what: &str) {
-    let missing: Vec<_> = expected.difference(got).take(10).collect();
-    let extra: Vec<_> = got.difference(expected).take(10).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: missing {missing:?}, unexpected {extra:?}"
-    );
-}
-
 #[test]
 fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
     for seed in 0..4u64 {
         let input = generate(seed, 1_500);
-        let expected = recompute(&input);
+        let expected = recompute(&input, OOO_MS, &WINDOWS);
         assert!(
             expected.late.len() > 20,
             "the input exercises lateness ({})",
@@ -355,28 +260,7 @@ fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
             let chunk = 1 + (seed as usize * 37 + workers * 11) % 200;
             let (records, topics) = run(&input, workers, chunk);
             let got = collect(&records, &topics);
-            same_set(
-                &got.dead,
-                &expected.dead,
-                &format!("dead letters, seed {seed}, {workers} workers"),
-            );
-            same_set(
-                &got.late,
-                &expected.late,
-                &format!("late records, seed {seed}, {workers} workers"),
-            );
-            for (k, v) in &expected.windows {
-                assert_eq!(
-                    got.windows.get(k),
-                    Some(v),
-                    "window {k:?}, seed {seed}, {workers} workers"
-                );
-            }
-            assert_eq!(
-                got.windows.len(),
-                expected.windows.len(),
-                "no extra windows, seed {seed}, {workers} workers"
-            );
+            assert_matches(&got, &expected, &format!("seed {seed}, {workers} workers"));
         }
     }
 }

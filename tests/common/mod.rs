@@ -1,0 +1,169 @@
+//! What the reference and end-to-end tests share: a naive recomputation of what a dataflow
+//! must output, written from the rules alone, and readers of what it did output.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// A window spec as the test knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Win {
+    pub name: &'static str,
+    pub size: u64,
+    pub grace: u64,
+    pub avg_scale: u32,
+}
+
+/// One input record and what the test knows about it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub payload: Option<Vec<u8>>,
+    /// `(time, key, value)` of a valid event, or the error kind it was built to have.
+    pub truth: Result<(u64, String, Decimal), &'static str>,
+}
+
+/// What the outputs must hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// (window name, key, start) → (count, sum, min, max, avg)
+    pub windows: BTreeMap<(String, String, u64), (u64, Decimal, Decimal, Decimal, Decimal)>,
+    /// (partition, offset, error kind)
+    pub dead: BTreeSet<(i32, i64, String)>,
+    /// (window name, partition, offset)
+    pub late: BTreeSet<(String, i32, i64)>,
+}
+
+/// Replays each partition in offset order with its own watermark
+/// (max event time seen − `ooo`); a record is late for a window when that window's
+/// end + grace is at or below the watermark.
+pub fn recompute(partitions: &[Vec<Input>], ooo: u64, windows: &[Win]) -> Expected {
+    let mut expected = Expected::default();
+    let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
+    for (p, records) in partitions.iter().enumerate() {
+        let mut max_seen: Option<u64> = None;
+        for (offset, r) in records.iter().enumerate() {
+            match &r.truth {
+                Err(kind) => {
+                    expected
+                        .dead
+                        .insert((p as i32, offset as i64, kind.to_string()));
+                }
+                Ok((t, key, v)) => {
+                    max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
+                    let wm = max_seen.unwrap_or(0).saturating_sub(ooo);
+                    for w in windows {
+                        let start = t / w.size * w.size;
+                        if start + w.size + w.grace <= wm {
+                            expected
+                                .late
+                                .insert((w.name.to_string(), p as i32, offset as i64));
+                        } else {
+                            accs.entry((w.name.to_string(), key.clone(), start))
+                                .or_default()
+                                .push(*v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (k, values) in accs {
+        let count = values.len() as u64;
+        let sum: Decimal = values.iter().sum();
+        let min = *values.iter().min().expect("non-empty");
+        let max = *values.iter().max().expect("non-empty");
+        let scale = windows
+            .iter()
+            .find(|w| w.name == k.0)
+            .expect("known window")
+            .avg_scale;
+        let avg = (sum / Decimal::from(count))
+            .round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
+        expected.windows.insert(k, (count, sum, min, max, avg));
+    }
+    expected
+}
+
+fn dec(v: &serde_json::Value, field: &str) -> Decimal {
+    Decimal::from_str(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is a decimal string in {v}")),
+    )
+    .unwrap_or_else(|e| panic!("{field} in {v}: {e}"))
+}
+
+/// Adds one output record (by the role of its topic) to `got`; panics on duplicates.
+pub fn absorb(got: &mut Expected, role: &str, payload: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(payload).expect("every output is JSON");
+    match role {
+        "dead" => {
+            assert!(
+                v["reason"].as_str().is_some_and(|s| !s.is_empty()),
+                "a reason: {v}"
+            );
+            let fresh = got.dead.insert((
+                v["source"]["partition"].as_i64().expect("partition") as i32,
+                v["source"]["offset"].as_i64().expect("offset"),
+                v["error_kind"].as_str().expect("kind").to_string(),
+            ));
+            assert!(fresh, "dead letter written twice: {v}");
+        }
+        "late" => {
+            let fresh = got.late.insert((
+                v["window"].as_str().expect("window").to_string(),
+                v["source"]["partition"].as_i64().expect("partition") as i32,
+                v["source"]["offset"].as_i64().expect("offset"),
+            ));
+            assert!(fresh, "late record written twice: {v}");
+        }
+        "window" => {
+            let key = v["key"].as_str().expect("key").to_string();
+            let start = v["window_start_ms"].as_u64().expect("start");
+            let previous = got.windows.insert(
+                (
+                    v["window"].as_str().expect("window").to_string(),
+                    key,
+                    start,
+                ),
+                (
+                    v["count"].as_u64().expect("count"),
+                    dec(&v, "sum"),
+                    dec(&v, "min"),
+                    dec(&v, "max"),
+                    dec(&v, "avg"),
+                ),
+            );
+            assert!(previous.is_none(), "window emitted twice: {v}");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Asserts two sets are equal, showing only the differences.
+pub fn same_set<T: Ord + std::fmt::Debug>(got: &BTreeSet<T>, expected: &BTreeSet<T>, what: &str) {
+    let missing: Vec<_> = expected.difference(got).take(10).collect();
+    let extra: Vec<_> = got.difference(expected).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
+/// Asserts that `got` holds exactly `expected`, showing only the differences.
+pub fn assert_matches(got: &Expected, expected: &Expected, what: &str) {
+    same_set(&got.dead, &expected.dead, &format!("dead letters, {what}"));
+    same_set(&got.late, &expected.late, &format!("late records, {what}"));
+    for (k, v) in &expected.windows {
+        assert_eq!(got.windows.get(k), Some(v), "window {k:?}, {what}");
+    }
+    let extra: Vec<_> = got
+        .windows
+        .keys()
+        .filter(|k| !expected.windows.contains_key(*k))
+        .take(10)
+        .collect();
+    assert!(extra.is_empty(), "unexpected windows, {what}: {extra:?}");
+}

@@ -1,0 +1,398 @@
+//! End-to-end tests: the `waterline` binary against a real Apache Kafka broker.
+//!
+//! The broker is `$KAFKA_BOOTSTRAP` when set; otherwise `scripts/kafka.sh start` provides
+//! one (Apache Kafka from Maven Central, single-node KRaft). Each test uses topics of its
+//! own, so tests share one broker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Expected, Input, Win, absorb, assert_matches, recompute};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+
+fn bootstrap() -> &'static str {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
+            return b;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .output()
+            .expect("scripts/kafka.sh runs");
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh start failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints the bootstrap address")
+            .trim()
+            .to_string()
+    })
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("e2e-{name}-{}-{nanos}", std::process::id())
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+        .set("max.message.bytes", "16777216");
+    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .expect("create_topics answers");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+}
+
+/// Produces each partition's records in order, so record i of partition p has offset i.
+fn produce(topic: &str, partitions: &[Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("message.max.bytes", "16777216")
+        .create()
+        .expect("producer");
+    for (p, records) in partitions.iter().enumerate() {
+        for (key, payload) in records {
+            let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(p as i32);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            if let Some(v) = payload {
+                r = r.payload(v);
+            }
+            loop {
+                match producer.send(r) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        assert!(e.to_string().contains("Queue full"), "produce failed: {e}");
+                        r = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("all records delivered");
+}
+
+/// Everything committed to `topics`, read with `read_committed`: (topic, key, payload).
+fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.message.max.bytes", "16777216")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for t in topics {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .expect("metadata");
+        let n = md.topics()[0].partitions().len() as i32;
+        assert!(n > 0, "topic {t} exists");
+        for p in 0..n {
+            tpl.add_partition_offset(t, p, Offset::Beginning)
+                .expect("partition");
+            let (_, high) = consumer
+                .fetch_watermarks(t, p, Duration::from_secs(10))
+                .expect("watermarks");
+            if high > 0 {
+                ends.insert((t.to_string(), p), high);
+            }
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out reading outputs; left: {ends:?}"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        let k = (m.topic().to_string(), m.partition());
+        if ends.get(&k).is_some_and(|&high| m.offset() + 1 >= high) {
+            ends.remove(&k);
+        }
+        out.push((
+            m.topic().to_string(),
+            m.key().map(<[u8]>::to_vec),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    out
+}
+
+fn waterline(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args(args)
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", unique("app"))
+        .output()
+        .expect("the waterline binary runs");
+    eprintln!(
+        "$ waterline {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const SHIPPED: &str = include_str!("../dataflows/trades.toml");
+/// The window `dataflows/trades.toml` declares, as the test knows it.
+const TRADES_WINDOW: Win = Win {
+    name: "trades_1m",
+    size: 60_000,
+    grace: 10_000,
+    avg_scale: 2,
+};
+const TRADES_OOO_MS: u64 = 5_000;
+
+/// Writes the shipped trades dataflow with this test's topics.
+fn trades_dataflow(
+    dir: &std::path::Path,
+    input: &str,
+    out: &str,
+    dlq: &str,
+    late: &str,
+) -> std::path::PathBuf {
+    assert!(
+        SHIPPED.contains("max_out_of_orderness = \"5s\"")
+            && SHIPPED.contains("size = \"1m\"")
+            && SHIPPED.contains("grace = \"10s\"")
+    );
+    let text = SHIPPED
+        .replace("topic = \"trades\"", &format!("topic = \"{input}\""))
+        .replace("topic = \"trades-windows\"", &format!("topic = \"{out}\""))
+        .replace(
+            "dead_letter_topic = \"trades-dead-letters\"",
+            &format!("dead_letter_topic = \"{dlq}\""),
+        )
+        .replace(
+            "late_topic = \"trades-late\"",
+            &format!("late_topic = \"{late}\""),
+        );
+    let path = dir.join("trades.toml");
+    std::fs::write(&path, text).expect("write the dataflow");
+    path
+}
+
+/// Trades over `partitions`, with about 1% invalid and 1% late records, and the hostile
+/// inputs every stream processor meets.
+fn trades(
+    seed: u64,
+    partitions: usize,
+    per_partition: usize,
+) -> Vec<Vec<(Option<Vec<u8>>, Input)>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let statuses = ["pending", "filled", "cancelled"];
+    (0..partitions)
+        .map(|p| {
+            let mut clock: u64 = 1_768_312_800_000 + rng.random_range(0..20_000); // 2026-01-13T14:00Z
+            (0..per_partition)
+                .map(|i| {
+                    clock += rng.random_range(0..40);
+                    let roll: f64 = rng.random();
+                    let time = if roll < 0.01 {
+                        clock - rng.random_range(120_000..600_000) // minutes behind: late
+                    } else {
+                        clock - rng.random_range(0..7_000) // around the 5 s bound
+                    };
+                    let symbol = format!("SYM{:02}", rng.random_range(0..50));
+                    let cents: i64 = rng.random_range(1..100_000_000);
+                    let amount = Decimal::new(cents, 2);
+                    let amount_json = if i % 2 == 0 { amount.to_string() } else { format!("\"{amount}\"") };
+                    let ts = if i % 3 == 0 {
+                        let t = chrono::DateTime::from_timestamp_millis(time as i64).expect("time");
+                        format!("\"{}\"", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    } else {
+                        time.to_string()
+                    };
+                    let status = statuses[i % 3];
+                    let good = format!(r#"{{"trade_id":"TRX-{p}-{i}","timestamp":{ts},"amount":{amount_json},"symbol":"{symbol}","status":"{status}"}}"#);
+                    let key = if i % 97 == 0 { None } else { Some(symbol.clone().into_bytes()) };
+                    if i == 500 {
+                        // A 1 MiB payload that is a valid trade.
+                        let big = good.replacen('{', &format!(r#"{{"pad":"{}","#, "x".repeat(1 << 20)), 1);
+                        return (key, Input { payload: Some(big.into_bytes()), truth: Ok((time, symbol, amount)) });
+                    }
+                    if rng.random_bool(0.01) {
+                        let (payload, kind): (Option<Vec<u8>>, &'static str) = match rng.random_range(0..9) {
+                            0 => (None, "empty_payload"),
+                            1 => (Some(Vec::new()), "empty_payload"),
+                            2 => (Some(good.as_bytes()[..good.len() / 2].to_vec()), "malformed_json"),
+                            3 => (Some(vec![0xff, 0xfe, 0x00, b'{']), "not_utf8"),
+                            4 => (Some(b"[1,2,3]".to_vec()), "not_an_object"),
+                            5 => (Some(good.replace(&format!("\"{status}\""), "\"exploded\"").into_bytes()), "rule_violation"),
+                            6 => (Some(good.replace(&amount_json, &format!("-{amount}")).into_bytes()), "rule_violation"),
+                            7 => (Some(good.replace(&amount_json, "\"NaN\"").into_bytes()), "invalid_value"),
+                            _ => (Some(good.replace(&amount_json, "1e400").into_bytes()), "invalid_value"),
+                        };
+                        return (key, Input { payload, truth: Err(kind) });
+                    }
+                    (key, Input { payload: Some(good.into_bytes()), truth: Ok((time, symbol, amount)) })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn trades_end_to_end_match_an_independent_recomputation() {
+    const PARTITIONS: usize = 8;
+    let data = trades(2026, PARTITIONS, 12_600);
+    let (input, out, dlq, late) = (
+        unique("trades"),
+        unique("windows"),
+        unique("dlq"),
+        unique("late"),
+    );
+    create_topic(&input, PARTITIONS as i32);
+    let records: Vec<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> = data
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|(k, i)| (k.clone(), i.payload.clone()))
+                .collect()
+        })
+        .collect();
+    produce(&input, &records);
+    let inputs: Vec<Vec<Input>> = data
+        .into_iter()
+        .map(|p| p.into_iter().map(|(_, i)| i).collect())
+        .collect();
+    let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
+    let total: usize = inputs.iter().map(Vec::len).sum();
+    assert!(total >= 100_000);
+    assert!(
+        expected.dead.len() > total / 200 && expected.late.len() > total / 200,
+        "the input has ~1% invalid and ~1% late"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let run = waterline(&[
+        "run",
+        "--dataflow",
+        dataflow.to_str().expect("utf-8 path"),
+        "--stop-at-end",
+        "-w",
+        "2",
+    ]);
+    assert!(run.status.success(), "waterline run --stop-at-end exits 0");
+
+    let mut got = Expected::default();
+    let mut originals = BTreeMap::new();
+    for (p, records) in inputs.iter().enumerate() {
+        for (o, r) in records.iter().enumerate() {
+            if r.truth.is_err() {
+                originals.insert((p as i64, o as i64), r.payload.clone().unwrap_or_default());
+            }
+        }
+    }
+    for (topic, key, payload) in consume_all(&[&out, &dlq, &late]) {
+        let role = if topic == out {
+            "window"
+        } else if topic == dlq {
+            "dead"
+        } else {
+            "late"
+        };
+        if role == "dead" {
+            // The raw bytes survive, exactly.
+            let v: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+            let at = (
+                v["source"]["partition"].as_i64().expect("p"),
+                v["source"]["offset"].as_i64().expect("o"),
+            );
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(v["payload_base64"].as_str().expect("base64"))
+                .expect("valid base64");
+            assert_eq!(
+                Some(&raw),
+                originals.get(&at),
+                "dead letter {at:?} keeps the raw payload"
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+            assert_eq!(
+                key.as_deref(),
+                v["key"].as_str().map(str::as_bytes),
+                "message key = the record's key"
+            );
+        }
+        absorb(&mut got, role, &payload);
+    }
+    eprintln!(
+        "end-to-end: {total} records in, {} windows, {} dead letters, {} late records: all equal to the recomputation",
+        expected.windows.len(),
+        expected.dead.len(),
+        expected.late.len()
+    );
+    assert_matches(&got, &expected, "end-to-end, 2 workers, 8 partitions");
+}
+
+#[test]
+fn a_missing_input_topic_fails_at_start_up_with_its_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = unique("missing");
+    let dataflow = trades_dataflow(
+        dir.path(),
+        &missing,
+        &unique("o"),
+        &unique("d"),
+        &unique("l"),
+    );
+    let run = waterline(&[
+        "run",
+        "--dataflow",
+        dataflow.to_str().expect("utf-8 path"),
+        "--stop-at-end",
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("input topic `{missing}` does not exist")),
+        "{stderr}"
+    );
+}
