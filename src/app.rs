@@ -221,13 +221,23 @@ fn run_worker(
     loop {
         if options.shutdown.load(Ordering::Relaxed) {
             writer.borrow_mut().flush()?;
+            // timely steps every installed dataflow to completion after this closure
+            // returns; a stop must not wait for (or emit) windows still open.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
             tracing::info!(worker = index, "stopped on request; outputs flushed");
             return Ok(Outcome::Stopped);
         }
-        if abort.load(Ordering::Relaxed) {
-            return Err("stopping: another worker failed".into());
-        }
-        if let Some(e) = state.borrow_mut().error.take() {
+        let failure = if abort.load(Ordering::Relaxed) {
+            Some("stopping: another worker failed".to_string())
+        } else {
+            state.borrow_mut().error.take()
+        };
+        if let Some(e) = failure {
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
             return Err(e);
         }
         if !worker.step_or_park(Some(Duration::from_millis(50))) {

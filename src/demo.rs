@@ -162,6 +162,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     };
 
     let metrics = Metrics::new();
+    let (dead_letter_topic, late_topic) = (
+        spec.output.dead_letter_topic.clone(),
+        spec.output.late_topic.clone(),
+    );
     let outcome = app::run(
         spec,
         config,
@@ -203,11 +207,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     println!("  windows out      {:>8}", summary.windows_out);
     println!(
         "  dead letters     {:>8}  → {}",
-        summary.dead_letters, "trades-dead-letters"
+        summary.dead_letters, dead_letter_topic
     );
     println!(
         "  late records     {:>8}  → {}",
-        summary.late_records, "trades-late"
+        summary.late_records, late_topic
     );
     drop(mock);
     Ok(summary)

@@ -35,9 +35,11 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
 ) -> Rc<RefCell<SinkState>> {
     let state = Rc::new(RefCell::new(SinkState::default()));
     let sink_state = Rc::clone(&state);
+    let worker_index = worker.index();
     worker.dataflow::<u64, _, _>(move |scope| {
         let items = source::kafka_like_source(
             scope,
+            worker_index,
             Rc::clone(&spec),
             Rc::clone(&topics),
             reader,

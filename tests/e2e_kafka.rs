@@ -74,7 +74,10 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 /// Produces each partition's records in order, so record i of partition p has offset i.
-fn produce(topic: &str, partitions: &[Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>]) {
+/// A Kafka record to send: (key, value).
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn produce(topic: &str, partitions: &[Vec<KeyValue>]) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
@@ -288,7 +291,7 @@ fn trades_end_to_end_match_an_independent_recomputation() {
         unique("late"),
     );
     create_topic(&input, PARTITIONS as i32);
-    let records: Vec<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> = data
+    let records: Vec<Vec<KeyValue>> = data
         .iter()
         .map(|p| {
             p.iter()
@@ -394,5 +397,170 @@ fn a_missing_input_topic_fails_at_start_up_with_its_name() {
     assert!(
         stderr.contains(&format!("input topic `{missing}` does not exist")),
         "{stderr}"
+    );
+}
+
+#[test]
+fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
+    // Data on partition 0 only; partitions 1-3 stay silent and must stop holding the
+    // watermark back after idle_timeout (1 s here).
+    let (input, out, dlq, late) = (unique("idle"), unique("o"), unique("d"), unique("l"));
+    create_topic(&input, 4);
+    let start: u64 = 1_768_312_800_000; // 14:00:00
+    let p0: Vec<KeyValue> = (0..1_800u64)
+        .map(|i| {
+            let t = start + i * 100; // 14:00:00 .. 14:02:59.9
+            let trade = format!(r#"{{"trade_id":"T{i}","timestamp":{t},"amount":"1.5","symbol":"IDLE","status":"filled"}}"#);
+            (Some(b"IDLE".to_vec()), Some(trade.into_bytes()))
+        })
+        .collect();
+    produce(&input, &[p0, vec![], vec![], vec![]]);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let text = std::fs::read_to_string(&dataflow)
+        .expect("read")
+        .replace("idle_timeout = \"30s\"", "idle_timeout = \"1s\"");
+    std::fs::write(&dataflow, text).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args([
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "2",
+        ])
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", unique("app"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("waterline starts");
+
+    // The watermark reaches 14:02:54.9 (max seen − 5 s): the 14:00 and 14:01 windows close
+    // (at 14:01:10 and 14:02:10); 14:02 does not (it closes at 14:03:10).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut starts = Vec::new();
+    while starts.len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        starts = window_starts(&out);
+    }
+    assert_eq!(
+        starts,
+        vec![start, start + 60_000],
+        "windows closed while partitions 1-3 were idle"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let stop_deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < stop_deadline,
+            "waterline did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = child.wait_with_output().expect("output");
+    eprintln!("--- stderr\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        exit.success(),
+        "SIGTERM is a clean stop: exit 0, got {exit:?}"
+    );
+    assert_eq!(
+        window_starts(&out),
+        vec![start, start + 60_000],
+        "a stop does not emit open windows"
+    );
+}
+
+/// The window starts written to `topic` so far, sorted.
+fn window_starts(topic: &str) -> Vec<u64> {
+    let mut starts: Vec<u64> = consume_all(&[topic])
+        .into_iter()
+        .map(|(_, _, payload)| {
+            let v: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+            v["window_start_ms"].as_u64().expect("start")
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+#[test]
+fn produce_generates_trades_and_sends_files() {
+    let topic = unique("produce");
+    let run = waterline(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--partitions",
+        "3",
+        "--count",
+        "600",
+        "--rate",
+        "0",
+        "--invalid",
+        "0.2",
+        "--late",
+        "0.1",
+        "--duplicate",
+        "0.05",
+        "--seed",
+        "11",
+        "--time-step-ms",
+        "5",
+    ]);
+    assert!(run.status.success());
+    let records = consume_all(&[&topic]);
+    assert_eq!(records.len(), 600);
+    let parsed = records
+        .iter()
+        .filter(|(_, _, p)| {
+            serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|v| v.is_object())
+        })
+        .count();
+    assert!(
+        parsed < 600 && parsed > 400,
+        "about a fifth are invalid, some of them not JSON objects ({parsed} objects)"
+    );
+    let ids: std::collections::BTreeSet<String> = records
+        .iter()
+        .filter_map(|(_, _, p)| serde_json::from_slice::<serde_json::Value>(p).ok())
+        .filter_map(|v| v["trade_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.len() < parsed, "duplicates repeat a trade id");
+
+    let file_topic = unique("file");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, "{\"a\":1}\nnot json\n{\"b\":2}\n").expect("write");
+    let run = waterline(&[
+        "produce",
+        "--topic",
+        &file_topic,
+        "--partitions",
+        "1",
+        "--file",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(run.status.success());
+    let payloads: Vec<Vec<u8>> = consume_all(&[&file_topic])
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![
+            b"{\"a\":1}".to_vec(),
+            b"not json".to_vec(),
+            b"{\"b\":2}".to_vec()
+        ]
     );
 }

@@ -2,16 +2,19 @@
 
 use super::{Polled, Reader, RecordRef};
 
+/// A partition's payloads in offset order (`None` for a null value).
+pub type Payloads = Vec<Option<Vec<u8>>>;
+
 /// Reads fixed partition contents in offset order, `chunk` records per partition at a
 /// time, then reports each partition's end.
 pub struct MemoryReader {
-    partitions: Vec<(i32, Vec<Option<Vec<u8>>>, usize)>,
+    partitions: Vec<(i32, Payloads, usize)>,
     chunk: usize,
 }
 
 impl MemoryReader {
     /// Reads `partitions` (index, payloads), interleaving them `chunk` records at a time.
-    pub fn new(partitions: Vec<(i32, Vec<Option<Vec<u8>>>)>, chunk: usize) -> Self {
+    pub fn new(partitions: Vec<(i32, Payloads)>, chunk: usize) -> Self {
         MemoryReader {
             partitions: partitions.into_iter().map(|(p, v)| (p, v, 0)).collect(),
             chunk: chunk.max(1),

@@ -27,8 +27,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use timely::dataflow::operators::generic::operator::source;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{Scope, StreamVec};
+use timely::progress::Antichain;
 
 use crate::codec::{Decoder, Event};
 use crate::metrics::Metrics;
@@ -84,19 +91,52 @@ pub type SourceItem = Result<(Event, u64), OutRecord>;
 const BATCH: usize = 4096;
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// Builds the source operator for this worker.
+/// What a source worker tells the others about its watermark, so that a worker whose
+/// partitions are all idle can follow the rest instead of holding the frontier back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The worker speaking.
+    pub worker: usize,
+    /// The time its capability holds.
+    pub held: u64,
+    /// Whether it has active partitions (only those are followed).
+    pub active: bool,
+}
+
+/// Builds the source operator for worker `worker`.
+///
+/// Besides its data output, the operator broadcasts an [`Announcement`] whenever its held
+/// time or activity changes, and reads everyone's announcements back through a feedback
+/// loop. That input is not connected to the outputs, so it never holds a frontier back.
 pub fn kafka_like_source<'s, R: Reader + 'static>(
     scope: Scope<'s, u64>,
+    worker: usize,
     spec: Rc<PipelineSpec>,
     topics: Rc<Topics>,
     mut reader: R,
     control: SourceControl,
     metrics: Metrics,
 ) -> StreamVec<'s, u64, SourceItem> {
-    source(scope, "Source", move |capability, info| {
-        let activator = scope.activator_for(info.address);
+    let (loop_handle, loop_stream) = scope.feedback::<Vec<Announcement>>(1);
+    let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
+    let info = builder.operator_info();
+    let (data_out, data_stream) = builder.new_output::<Vec<SourceItem>>();
+    let (announce_out, announce_stream) = builder.new_output::<Vec<Announcement>>();
+    let no_connection: Vec<(usize, Antichain<u64>)> = Vec::new();
+    let mut heard = builder.new_input_connection(loop_stream, Pipeline, no_connection);
+    let mut data_out =
+        OutputBuilder::<u64, CapacityContainerBuilder<Vec<SourceItem>>>::from(data_out);
+    let mut announce_out =
+        OutputBuilder::<u64, CapacityContainerBuilder<Vec<Announcement>>>::from(announce_out);
+    let activator = scope.activator_for(info.address);
+
+    builder.build(move |mut capabilities| {
+        let announce_cap = capabilities
+            .pop()
+            .expect("the operator has an announcement output");
+        let data_cap = capabilities.pop().expect("the operator has a data output");
+        let mut caps = Some((data_cap, announce_cap));
         let decoder = Decoder::new(&spec);
-        let mut cap = Some(capability);
         let mut watermarks = Watermarks::new(
             reader.partitions(),
             0,
@@ -104,12 +144,21 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             spec.input.idle_timeout,
             Instant::now(),
         );
+        let mut others: BTreeMap<usize, Announcement> = BTreeMap::new();
+        let mut announced: Option<Announcement> = None;
         let mut draining = false;
         let mut pending: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
         let topic = spec.input.topic.clone();
         let all_windows = spec.windows.len();
-        move |output| {
-            let Some(held) = cap.as_ref().map(|c| *c.time()) else {
+        move |_frontiers| {
+            heard.for_each(|_cap, data| {
+                for a in data.drain(..) {
+                    if a.worker != worker {
+                        others.insert(a.worker, a);
+                    }
+                }
+            });
+            let Some(held) = caps.as_ref().map(|(c, _)| *c.time()) else {
                 return;
             };
             if !draining && control.drain.load(Ordering::Relaxed) {
@@ -171,23 +220,49 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 }
             });
 
-            if let Some(c) = cap.as_ref() {
+            if let Some((data_cap, _)) = caps.as_ref() {
+                let mut out = data_out.activate();
                 for (time, mut items) in std::mem::take(&mut pending) {
-                    output.session(&c.delayed(&time)).give_container(&mut items);
+                    out.session(&data_cap.delayed(&time))
+                        .give_container(&mut items);
                 }
             }
-            match watermarks.hold(now) {
-                Hold::Release => cap = None,
-                Hold::At(t) => {
-                    if let Some(c) = cap.as_mut()
-                        && t > *c.time()
+            let next = match watermarks.hold(now) {
+                Hold::Release => None,
+                Hold::At(t) => Some((t, true)),
+                Hold::Idle(t) => {
+                    // Nothing of ours is active: follow the least active worker, if any.
+                    let least_active = others.values().filter(|a| a.active).map(|a| a.held).min();
+                    if let Some(least) = least_active {
+                        watermarks.follow(least);
+                    }
+                    Some((least_active.map_or(t, |least| least.max(t)), false))
+                }
+            };
+            let state = Announcement {
+                worker,
+                held: next.map_or(u64::MAX, |(t, _)| t),
+                active: next.is_some_and(|(_, active)| active),
+            };
+            if announced != Some(state)
+                && let Some((_, announce_cap)) = caps.as_ref()
+            {
+                announce_out.activate().session(announce_cap).give(state);
+                announced = Some(state);
+            }
+            match next {
+                None => caps = None,
+                Some((t, _)) => {
+                    if let Some((data_cap, announce_cap)) = caps.as_mut()
+                        && t > *data_cap.time()
                     {
-                        c.downgrade(&t);
+                        data_cap.downgrade(&t);
+                        announce_cap.downgrade(&t);
                         metrics.watermark_ms.set(t as i64);
                     }
                 }
             }
-            if cap.is_some() {
+            if caps.is_some() {
                 if read >= BATCH {
                     activator.activate();
                 } else {
@@ -195,7 +270,9 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 }
             }
         }
-    })
+    });
+    announce_stream.broadcast().connect_loop(loop_handle);
+    data_stream
 }
 
 /// The wall clock in epoch milliseconds.

@@ -30,6 +30,9 @@ struct Partition {
 pub enum Hold {
     /// Hold the capability at this time (it only ever rises).
     At(u64),
+    /// Every unfinished partition is idle: this worker holds nothing back of its own and
+    /// may follow the other workers ([`Watermarks::follow`]); it stays at this time until then.
+    Idle(u64),
     /// Every partition is finished: release the capability.
     Release,
 }
@@ -149,10 +152,20 @@ impl Watermarks {
         if !unfinished {
             return Hold::Release;
         }
-        if let Some(least) = least {
-            self.held = self.held.max(least);
+        match least {
+            Some(least) => {
+                self.held = self.held.max(least);
+                Hold::At(self.held)
+            }
+            None => Hold::Idle(self.held),
         }
-        Hold::At(self.held)
+    }
+
+    /// While every partition is idle, moves the held time up to `t` (the least watermark
+    /// of the workers that still have active partitions). Partitions that wake up are
+    /// judged against it.
+    pub fn follow(&mut self, t: u64) {
+        self.held = self.held.max(t);
     }
 
     /// The partitions currently idle.
@@ -222,9 +235,21 @@ mod tests {
         assert_eq!(w.hold(t0), Hold::At(300));
         assert_eq!(
             w.hold(t0 + IDLE * 2),
-            Hold::At(300),
+            Hold::Idle(300),
             "nothing active: stay put"
         );
+        w.follow(5_000);
+        assert_eq!(
+            w.hold(t0 + IDLE * 2),
+            Hold::Idle(5_000),
+            "until told where the others are"
+        );
+        assert_eq!(
+            w.observe(0, 100, t0 + IDLE * 3),
+            5_000,
+            "a waking partition starts at the followed time"
+        );
+        assert_eq!(w.hold(t0 + IDLE * 3), Hold::At(5_000));
         w.finish(0);
         w.finish(1);
         assert_eq!(w.hold(t0 + IDLE * 2), Hold::Release);

@@ -24,11 +24,16 @@ pub struct Input {
     pub truth: Result<(u64, String, Decimal), &'static str>,
 }
 
+/// (window name, key, window start).
+pub type WindowId = (String, String, u64);
+/// (count, sum, min, max, avg).
+pub type Aggregates = (u64, Decimal, Decimal, Decimal, Decimal);
+
 /// What the outputs must hold.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Expected {
     /// (window name, key, start) → (count, sum, min, max, avg)
-    pub windows: BTreeMap<(String, String, u64), (u64, Decimal, Decimal, Decimal, Decimal)>,
+    pub windows: BTreeMap<WindowId, Aggregates>,
     /// (partition, offset, error kind)
     pub dead: BTreeSet<(i32, i64, String)>,
     /// (window name, partition, offset)
