@@ -33,6 +33,11 @@ pub fn produce(
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<Sent> {
     use std::sync::atomic::Ordering;
+    if args.file.is_none() && args.rate <= 0.0 && args.count.is_none() && args.duration.is_none() {
+        anyhow::bail!(
+            "--rate 0 (as fast as possible) needs --count or --duration to say when to stop"
+        );
+    }
     kafka::ensure_topics(
         config,
         &[TopicRequest {

@@ -9,7 +9,7 @@
 //!    │ Ok(event at t)                                              │
 //!    ├─ late for window w (w's end + grace <= wm_p) ─► late record ─┤ Err(OutRecord) at the held time
 //!    ▼                                                              ▼
-//!  Ok((event, wm_p)) at time max(t, wm_p)                        sink
+//!  Ok((event, wm_p)) at the held time                             sink
 //! ```
 //!
 //! The worker holds one capability at the least watermark of its active partitions
@@ -147,7 +147,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let mut others: BTreeMap<usize, Announcement> = BTreeMap::new();
         let mut announced: Option<Announcement> = None;
         let mut draining = false;
-        let mut pending: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
+        let mut pending: Vec<SourceItem> = Vec::new();
         let topic = spec.input.topic.clone();
         let all_windows = spec.windows.len();
         move |_frontiers| {
@@ -186,7 +186,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                 &rejection,
                                 rejected_at,
                             );
-                            pending.entry(held).or_default().push(Err(letter));
+                            pending.push(Err(letter));
                         }
                         Ok(event) => {
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
@@ -205,27 +205,26 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                         source(),
                                         r.payload.unwrap_or_default(),
                                     );
-                                    pending.entry(held).or_default().push(Err(record));
+                                    pending.push(Err(record));
                                 }
                             }
                             if late < all_windows {
                                 metrics.events_valid.inc();
-                                pending
-                                    .entry(event.time.max(wm))
-                                    .or_default()
-                                    .push(Ok((event, wm)));
+                                pending.push(Ok((event, wm)));
                             }
                         }
                     }
                 }
             });
 
-            if let Some((data_cap, _)) = caps.as_ref() {
-                let mut out = data_out.activate();
-                for (time, mut items) in std::mem::take(&mut pending) {
-                    out.session(&data_cap.delayed(&time))
-                        .give_container(&mut items);
-                }
+            if !pending.is_empty()
+                && let Some((data_cap, _)) = caps.as_ref()
+            {
+                data_out
+                    .activate()
+                    .session(data_cap)
+                    .give_container(&mut pending);
+                pending.clear();
             }
             let next = match watermarks.hold(now) {
                 Hold::Release => None,

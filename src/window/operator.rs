@@ -1,7 +1,7 @@
 //! The window operator: events in, final window results out.
 //!
-//! Input: `(event, wm)` at timestamp `max(t, wm)`, where `wm` is the event's partition
-//! watermark. Events are exchanged by key, so one worker owns each key.
+//! Input: `(event, wm)` at a timestamp at or below `wm`, the event's partition watermark
+//! when it was read (the source's held time). Events are exchanged by key, so one worker owns each key.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
