@@ -5,19 +5,14 @@
 //!     cargo bench --bench pipeline            # 400k trades
 //!     WATERLINE_BENCH_RECORDS=2000000 cargo bench --bench pipeline
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use waterline::cli::GenerateArgs;
 use waterline::codec::Decoder;
 use waterline::generate::TradeGenerator;
-use waterline::metrics::Metrics;
 use waterline::output::Topics;
 use waterline::pipeline;
-use waterline::sink::memory::MemoryWriter;
-use waterline::source::SourceControl;
-use waterline::source::memory::{MemoryReader, Payloads};
+use waterline::source::memory::Payloads;
 use waterline::spec::PipelineSpec;
 
 const PARTITIONS: i32 = 8;
@@ -72,35 +67,12 @@ fn main() {
             .enumerate()
             .map(|(p, v)| (p as i32, v))
             .collect();
-        let spec = spec.clone();
         let topics = Topics::new(&spec, |_| 8);
-        let written = MemoryWriter::default();
-        let out = written.clone();
         let t = Instant::now();
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let (index, peers) = (worker.index(), worker.peers());
-            let mine = parts
-                .iter()
-                .filter(|(p, _)| *p as usize % peers == index)
-                .cloned()
-                .collect();
-            pipeline::build(
-                worker,
-                Rc::new(spec.clone()),
-                Rc::new(topics.clone()),
-                MemoryReader::new(mine, 1024),
-                Rc::new(RefCell::new(out.clone())),
-                SourceControl::default(),
-                Metrics::new(),
-            );
-            while worker.step_or_park(None) {}
-        })
-        .expect("timely starts")
-        .join()
-        .into_iter()
-        .for_each(|r| r.expect("no worker panicked"));
+        let outputs = pipeline::run_in_memory(&spec, &topics, parts, workers, 1024)
+            .expect("the dataflow completes")
+            .len();
         let rate = n as f64 / t.elapsed().as_secs_f64();
-        let outputs = written.records.lock().expect("lock").len();
         println!(
             "pipeline  {workers} worker(s)                {rate:>12.0} records/s  = {:.2}× baseline  ({outputs} outputs)",
             rate / baseline

@@ -18,7 +18,9 @@ use timely::worker::Worker;
 
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, Topics};
+use crate::sink::memory::MemoryWriter;
 use crate::sink::{self, SinkState, Writer};
+use crate::source::memory::{MemoryReader, Payloads};
 use crate::source::{self, Reader, SourceControl};
 use crate::spec::PipelineSpec;
 use crate::window::operator::windows;
@@ -61,4 +63,52 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
         sink::sink(all, writer, sink_state);
     });
     state
+}
+
+/// Runs `spec` to completion over in-memory partitions with `workers` threads and returns
+/// everything the sinks wrote, in write order per worker. Partition `p` is read by worker
+/// `p % workers`, `chunk` records at a time per partition. For tests and benchmarks.
+pub fn run_in_memory(
+    spec: &PipelineSpec,
+    topics: &Topics,
+    partitions: Vec<(i32, Payloads)>,
+    workers: usize,
+    chunk: usize,
+) -> Result<Vec<OutRecord>, String> {
+    let written = MemoryWriter::default();
+    let (spec, topics, out) = (spec.clone(), topics.clone(), written.clone());
+    let results = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine = partitions
+            .iter()
+            .filter(|(p, _)| *p as usize % peers == index)
+            .cloned()
+            .collect();
+        let state = build(
+            worker,
+            Rc::new(spec.clone()),
+            Rc::new(topics.clone()),
+            MemoryReader::new(mine, chunk),
+            Rc::new(RefCell::new(out.clone())),
+            SourceControl::default(),
+            Metrics::new(),
+        );
+        while worker.step_or_park(None) {}
+        let s = state.borrow();
+        match (&s.error, s.complete) {
+            (Some(e), _) => Err(e.clone()),
+            (None, false) => Err("the sink never saw its input complete".to_string()),
+            (None, true) => Ok(()),
+        }
+    })?
+    .join();
+    for r in results {
+        r??;
+    }
+    let records = written
+        .records
+        .lock()
+        .map_err(|_| "a writer panicked".to_string())?
+        .clone();
+    Ok(records)
 }

@@ -5,20 +5,13 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use common::{Expected, Input, Win, absorb, assert_matches, recompute};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
 
-use waterline::metrics::Metrics;
 use waterline::output::{OutRecord, Topics, murmur2};
 use waterline::pipeline;
-use waterline::sink::memory::MemoryWriter;
-use waterline::source::SourceControl;
-use waterline::source::memory::MemoryReader;
 use waterline::spec::PipelineSpec;
 
 const OOO_MS: u64 = 200;
@@ -210,37 +203,13 @@ fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
 fn run(input: &[Vec<Input>], workers: usize, chunk: usize) -> (Vec<OutRecord>, Topics) {
     let spec = spec();
     let topics = Topics::new(&spec, |_| OUT_PARTITIONS);
-    let written = MemoryWriter::default();
-    let parts: Vec<(i32, Vec<Option<Vec<u8>>>)> = input
+    let parts = input
         .iter()
         .enumerate()
         .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
         .collect();
-    let (spec2, topics2, written2) = (spec.clone(), topics.clone(), written.clone());
-    timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let mine = parts
-            .iter()
-            .filter(|(p, _)| *p as usize % peers == index)
-            .cloned()
-            .collect();
-        let state = pipeline::build(
-            worker,
-            Rc::new(spec2.clone()),
-            Rc::new(topics2.clone()),
-            MemoryReader::new(mine, chunk),
-            Rc::new(RefCell::new(written2.clone())),
-            SourceControl::default(),
-            Metrics::new(),
-        );
-        while worker.step_or_park(Some(std::time::Duration::from_millis(1))) {}
-        assert!(state.borrow().complete, "the sink saw its input complete");
-    })
-    .expect("timely starts")
-    .join()
-    .into_iter()
-    .for_each(|r| r.expect("no worker panicked"));
-    let records = written.records.lock().expect("lock").clone();
+    let records = pipeline::run_in_memory(&spec, &topics, parts, workers, chunk)
+        .expect("the dataflow completes");
     (records, topics)
 }
 
