@@ -7,7 +7,7 @@
 //!    ▼
 //!  decode + validate ──Err──► dead letter ─────────────────────────┐
 //!    │ Ok(event at t)                                              │
-//!    ├─ late for window w (w's end + grace <= wm_p) ─► late record ─┤ Err(OutRecord) at the held time
+//!    ├─ late for window w (w's end + grace <= wm_p) ─► late record ─┤ Err(OutRecord) at wm_p
 //!    ▼                                                              ▼
 //!  Ok((event, wm_p)) at the held time                             sink
 //! ```
@@ -148,6 +148,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let mut announced: Option<Announcement> = None;
         let mut draining = false;
         let mut pending: Vec<SourceItem> = Vec::new();
+        let mut side: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
         let topic = spec.input.topic.clone();
         let all_windows = spec.windows.len();
         move |_frontiers| {
@@ -186,7 +187,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                 &rejection,
                                 rejected_at,
                             );
-                            pending.push(Err(letter));
+                            let wm = watermarks.watermark(r.partition).max(held);
+                            side.entry(wm).or_default().push(Err(letter));
                         }
                         Ok(event) => {
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
@@ -205,7 +207,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                         source(),
                                         r.payload.unwrap_or_default(),
                                     );
-                                    pending.push(Err(record));
+                                    side.entry(wm).or_default().push(Err(record));
                                 }
                             }
                             if late < all_windows {
@@ -217,14 +219,16 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 }
             });
 
-            if !pending.is_empty()
-                && let Some((data_cap, _)) = caps.as_ref()
-            {
-                data_out
-                    .activate()
-                    .session(data_cap)
-                    .give_container(&mut pending);
-                pending.clear();
+            if let Some((data_cap, _)) = caps.as_ref() {
+                let mut out = data_out.activate();
+                if !pending.is_empty() {
+                    out.session(data_cap).give_container(&mut pending);
+                    pending.clear();
+                }
+                for (time, mut items) in std::mem::take(&mut side) {
+                    out.session(&data_cap.delayed(&time))
+                        .give_container(&mut items);
+                }
             }
             let next = match watermarks.hold(now) {
                 Hold::Release => None,
