@@ -18,8 +18,9 @@ use crate::kafka::{self, KafkaSetupError, MAX_MESSAGE_BYTES, TopicRequest};
 use crate::metrics::Metrics;
 use crate::output::Topics;
 use crate::pipeline;
-use crate::sink::Writer;
+use crate::progress::{self, Progress, Recovery};
 use crate::sink::kafka::KafkaWriter;
+use crate::sink::{SinkConfig, Writer};
 use crate::source::SourceControl;
 use crate::source::kafka::KafkaReader;
 use crate::spec::PipelineSpec;
@@ -33,6 +34,9 @@ pub enum RunError {
     /// timely could not start its workers.
     #[error("cannot start the workers: {0}")]
     Start(String),
+    /// Committed progress cannot be resumed by this run.
+    #[error("cannot resume: {0}")]
+    Recovery(String),
     /// A worker failed while running.
     #[error("worker {worker} failed: {message}")]
     Worker {
@@ -122,8 +126,49 @@ pub fn run(
             KafkaSetupError::MissingTopic(name.clone(), config.bootstrap_servers.clone()).into(),
         );
     }
+    let progress_topic = progress::topic(&config.app_id);
+    if kafka::partition_count(&probe, &progress_topic, timeout)?.is_none() {
+        if !config.create_topics {
+            return Err(KafkaSetupError::MissingTopic(
+                progress_topic,
+                config.bootstrap_servers.clone(),
+            )
+            .into());
+        }
+        kafka::ensure_topics(
+            &config,
+            &[TopicRequest {
+                name: &progress_topic,
+                partitions: 1,
+                // Only each worker's latest record matters.
+                config: vec![("cleanup.policy", "compact")],
+            }],
+        )?;
+    }
     drop(probe);
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
+    let fingerprint = progress::fingerprint(&spec);
+    let records = progress::read(&config, &progress_topic)?;
+    let recovery = Recovery::from_records(&records, options.workers, &fingerprint)
+        .map_err(RunError::Recovery)?;
+    if records.is_empty() {
+        tracing::info!(progress = %progress_topic, "no committed progress: starting from `start_from`");
+    } else {
+        tracing::info!(
+            progress = %progress_topic,
+            frontiers = ?recovery.frontiers,
+            positions = recovery.positions.len(),
+            "resuming from committed progress"
+        );
+    }
+    let template = Progress {
+        dataflow: spec.name.clone(),
+        fingerprint,
+        worker: 0,
+        workers: options.workers,
+        frontier: 0,
+        positions: Default::default(),
+    };
     tracing::info!(
         dataflow = %spec.name,
         input = %spec.input.topic,
@@ -149,6 +194,7 @@ pub fn run(
                 input_partitions,
                 &options,
                 &abort,
+                (&recovery, &template, &progress_topic),
             );
             if result.is_err() {
                 abort.store(true, Ordering::SeqCst);
@@ -177,6 +223,7 @@ pub fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     worker: &mut timely::worker::Worker,
     spec: &Arc<PipelineSpec>,
@@ -185,6 +232,7 @@ fn run_worker(
     input_partitions: i32,
     options: &RunOptions,
     abort: &AtomicBool,
+    (recovery, template, progress_topic): (&Recovery, &Progress, &str),
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -200,14 +248,29 @@ fn run_worker(
         &spec.input.topic,
         &mine,
         spec.input.start_from,
+        &recovery.positions,
         options.stop_at_end,
         index,
     )
     .map_err(|e| e.to_string())?;
     let writer = Rc::new(RefCell::new(
-        KafkaWriter::new(config, Rc::clone(&topics), index, options.metrics.clone())
-            .map_err(|e| e.to_string())?,
+        KafkaWriter::new(
+            config,
+            Rc::clone(&topics),
+            progress_topic,
+            index,
+            options.metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?,
     ));
+    let sink_config = SinkConfig {
+        template: Progress {
+            worker: index,
+            ..template.clone()
+        },
+        recovered_frontier: recovery.frontiers.get(index).copied().unwrap_or(0),
+        commit_interval: config.commit_interval,
+    };
     tracing::info!(worker = index, partitions = ?mine, "worker assigned");
     let state = pipeline::build(
         worker,
@@ -215,18 +278,25 @@ fn run_worker(
         topics,
         reader,
         Rc::clone(&writer),
+        sink_config,
         options.control.clone(),
         options.metrics.clone(),
     );
     loop {
         if options.shutdown.load(Ordering::Relaxed) {
-            writer.borrow_mut().flush()?;
+            // What was committed stays; what was written since is abandoned and will be
+            // produced again by the next run.
+            writer.borrow_mut().abort();
             // timely steps every installed dataflow to completion after this closure
             // returns; a stop must not wait for (or emit) windows still open.
             for id in worker.installed_dataflows() {
                 worker.drop_dataflow(id);
             }
-            tracing::info!(worker = index, "stopped on request; outputs flushed");
+            tracing::info!(
+                worker = index,
+                committed = state.borrow().committed,
+                "stopped on request"
+            );
             return Ok(Outcome::Stopped);
         }
         let failure = if abort.load(Ordering::Relaxed) {
@@ -247,6 +317,8 @@ fn run_worker(
     if let Some(e) = state.borrow_mut().error.take() {
         return Err(e);
     }
-    writer.borrow_mut().flush()?;
+    if !state.borrow().complete {
+        return Err("the dataflow ended before its sink committed everything".into());
+    }
     Ok(Outcome::Completed)
 }

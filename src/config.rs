@@ -9,6 +9,9 @@
 //! create_topics = true
 //! [kafka.properties]              # passed to every librdkafka client as is
 //! "client.rack" = "eu-west-1a"
+//! [processing]
+//! guarantee = "exactly-once"      # or "at-least-once"
+//! commit_interval = "100ms"       # how often each worker commits outputs and progress
 //! [log]
 //! format = "text"                 # or "json"
 //! level = "info"                  # a tracing filter, e.g. "waterline=debug,info"
@@ -41,6 +44,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What waterline promises about its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Outputs and progress are committed in Kafka transactions: across crashes and
+    /// restarts, every input contributes to the committed output exactly once.
+    ExactlyOnce,
+    /// No transactions: after a crash, outputs since the last progress record are written
+    /// again (duplicates, never losses).
+    AtLeastOnce,
+}
+
 /// Validated environment settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -58,6 +72,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Delivery guarantee.
+    pub guarantee: Guarantee,
+    /// How often each worker commits its outputs and progress.
+    pub commit_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -70,6 +88,8 @@ impl Default for Config {
             kafka_properties: BTreeMap::new(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            guarantee: Guarantee::ExactlyOnce,
+            commit_interval: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -126,6 +146,26 @@ impl Config {
                 props.finish(problems);
             }
             kafka.finish(problems);
+        }
+        if let Some(processing) = top.table("processing", false, problems) {
+            if let Some(v) = processing.opt_string("guarantee", problems) {
+                match v.as_str() {
+                    "exactly-once" => self.guarantee = Guarantee::ExactlyOnce,
+                    "at-least-once" => self.guarantee = Guarantee::AtLeastOnce,
+                    _ => problems.field(
+                        "processing.guarantee",
+                        format!("must be \"exactly-once\" or \"at-least-once\", found `{v}`"),
+                    ),
+                }
+            }
+            if let Some(d) = processing.opt_duration("commit_interval", problems) {
+                if d.is_zero() || d > std::time::Duration::from_secs(60) {
+                    problems.field("processing.commit_interval", "must be between 1ms and 60s");
+                } else {
+                    self.commit_interval = d;
+                }
+            }
+            processing.finish(problems);
         }
         if let Some(log) = top.table("log", false, problems) {
             if let Some(v) = log.opt_string("format", problems) {

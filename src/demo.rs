@@ -68,10 +68,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     for t in &Topics::new(&spec, |_| PARTITIONS).names {
         mock.create_topic(t, PARTITIONS, 1)?;
     }
+    mock.create_topic(&crate::progress::topic("waterline-demo"), 1, 1)?;
     let config = Config {
         app_id: "waterline-demo".into(),
         bootstrap_servers: bootstrap.clone(),
         create_topics: false,
+        // The mock cluster accepts transactional calls but does not implement them.
+        guarantee: crate::config::Guarantee::AtLeastOnce,
         ..Config::default()
     };
 

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod produce;
+pub mod progress;
 pub mod sink;
 pub mod source;
 pub mod spec;

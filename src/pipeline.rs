@@ -11,6 +11,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::core::OkErr;
@@ -18,20 +20,23 @@ use timely::worker::Worker;
 
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, Topics};
-use crate::sink::memory::MemoryWriter;
-use crate::sink::{self, SinkState, Writer};
+use crate::progress::{self, Progress, Recovery};
+use crate::sink::memory::{Committed, MemoryWriter};
+use crate::sink::{self, SinkConfig, SinkState, Writer};
 use crate::source::memory::{MemoryReader, Payloads};
 use crate::source::{self, Reader, SourceControl};
 use crate::spec::PipelineSpec;
 use crate::window::operator::windows;
 
 /// Builds the dataflow on `worker`; returns the state the worker loop watches.
+#[allow(clippy::too_many_arguments)]
 pub fn build<R: Reader + 'static, W: Writer + 'static>(
     worker: &mut Worker,
     spec: Rc<PipelineSpec>,
     topics: Rc<Topics>,
     reader: R,
     writer: Rc<RefCell<W>>,
+    sink_config: SinkConfig,
     control: SourceControl,
     metrics: Metrics,
 ) -> Rc<RefCell<SinkState>> {
@@ -39,7 +44,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
     let sink_state = Rc::clone(&state);
     let worker_index = worker.index();
     worker.dataflow::<u64, _, _>(move |scope| {
-        let items = source::kafka_like_source(
+        let (items, positions) = source::kafka_like_source(
             scope,
             worker_index,
             Rc::clone(&spec),
@@ -60,13 +65,95 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             ));
         }
         let all = scope.concatenate(outputs);
-        sink::sink(all, writer, sink_state);
+        sink::sink(all, positions, writer, sink_state, sink_config);
     });
     state
 }
 
-/// Runs `spec` to completion over in-memory partitions with `workers` threads and returns
-/// everything the sinks wrote, in write order per worker. Partition `p` is read by worker
+/// How [`run_in_memory_with`] runs.
+#[derive(Clone, Debug)]
+pub struct MemoryRun {
+    /// Worker threads; partition `p` is read by worker `p % workers`.
+    pub workers: usize,
+    /// Records read per partition at a time.
+    pub chunk: usize,
+    /// What to resume from.
+    pub recovery: Recovery,
+    /// Make every worker's commits fail after this many, like a crash.
+    pub fail_after_commits: Option<usize>,
+    /// Commit interval.
+    pub commit_interval: Duration,
+}
+
+/// Runs `spec` over in-memory partitions until it completes or a commit fails; returns
+/// what was committed (also on failure, into `committed`). For tests and benchmarks.
+pub fn run_in_memory_with(
+    spec: &PipelineSpec,
+    topics: &Topics,
+    partitions: Vec<(i32, Payloads)>,
+    run: &MemoryRun,
+    committed: Arc<Mutex<Committed>>,
+) -> Result<(), String> {
+    let (spec, topics, run) = (spec.clone(), topics.clone(), run.clone());
+    let fingerprint = progress::fingerprint(&spec);
+    let results = timely::execute(timely::Config::process(run.workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine = partitions
+            .iter()
+            .filter(|(p, _)| *p as usize % peers == index)
+            .cloned()
+            .collect();
+        let writer = MemoryWriter::new(Arc::clone(&committed), run.fail_after_commits);
+        let sink_config = SinkConfig {
+            template: Progress {
+                dataflow: spec.name.clone(),
+                fingerprint: fingerprint.clone(),
+                worker: index,
+                workers: peers,
+                frontier: 0,
+                positions: Default::default(),
+            },
+            recovered_frontier: run.recovery.frontiers.get(index).copied().unwrap_or(0),
+            commit_interval: run.commit_interval,
+        };
+        let state = build(
+            worker,
+            Rc::new(spec.clone()),
+            Rc::new(topics.clone()),
+            MemoryReader::new(mine, run.chunk).resume(&run.recovery.positions),
+            Rc::new(RefCell::new(writer)),
+            sink_config,
+            SourceControl::default(),
+            Metrics::new(),
+        );
+        loop {
+            if let Some(e) = state.borrow_mut().error.take() {
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
+                }
+                return Err(e);
+            }
+            if !worker.step_or_park(Some(Duration::from_millis(1))) {
+                break;
+            }
+        }
+        match state.borrow().complete {
+            true => Ok(()),
+            false => Err("the sink never saw its input complete".to_string()),
+        }
+    })?
+    .join();
+    let mut first = None;
+    for r in results {
+        if let Err(e) = r.and_then(|r| r) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Runs `spec` to completion over in-memory partitions with `workers` threads, committing
+/// every millisecond, and returns everything committed. Partition `p` is read by worker
 /// `p % workers`, `chunk` records at a time per partition. For tests and benchmarks.
 pub fn run_in_memory(
     spec: &PipelineSpec,
@@ -75,40 +162,20 @@ pub fn run_in_memory(
     workers: usize,
     chunk: usize,
 ) -> Result<Vec<OutRecord>, String> {
-    let written = MemoryWriter::default();
-    let (spec, topics, out) = (spec.clone(), topics.clone(), written.clone());
-    let results = timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let mine = partitions
-            .iter()
-            .filter(|(p, _)| *p as usize % peers == index)
-            .cloned()
-            .collect();
-        let state = build(
-            worker,
-            Rc::new(spec.clone()),
-            Rc::new(topics.clone()),
-            MemoryReader::new(mine, chunk),
-            Rc::new(RefCell::new(out.clone())),
-            SourceControl::default(),
-            Metrics::new(),
-        );
-        while worker.step_or_park(None) {}
-        let s = state.borrow();
-        match (&s.error, s.complete) {
-            (Some(e), _) => Err(e.clone()),
-            (None, false) => Err("the sink never saw its input complete".to_string()),
-            (None, true) => Ok(()),
-        }
-    })?
-    .join();
-    for r in results {
-        r??;
-    }
-    let records = written
-        .records
-        .lock()
-        .map_err(|_| "a writer panicked".to_string())?
-        .clone();
+    let committed = Arc::new(Mutex::new(Committed::default()));
+    let run = MemoryRun {
+        workers,
+        chunk,
+        recovery: Recovery::fresh(workers),
+        fail_after_commits: None,
+        commit_interval: Duration::from_millis(1),
+    };
+    run_in_memory_with(spec, topics, partitions, &run, Arc::clone(&committed))?;
+    let records = std::mem::take(
+        &mut committed
+            .lock()
+            .map_err(|_| "a writer panicked".to_string())?
+            .records,
+    );
     Ok(records)
 }

@@ -1,8 +1,12 @@
-//! Writing output records to Kafka with the idempotent producer.
+//! Writing output records and progress to Kafka.
 //!
 //! Each worker has its own producer and writes only the topic partitions routed to it, in
-//! timestamp order. Delivery failures are collected and fail the run at the next flush:
-//! an output that could not be written is never silently dropped.
+//! timestamp order. Exactly-once: the producer is transactional
+//! (`transactional.id = <app_id>-<worker>`; `init_transactions` fences any zombie of an
+//! earlier incarnation), and each commit is one transaction holding the outputs and the
+//! progress record. At-least-once: the idempotent producer, and a commit is a flush
+//! followed by the progress record. Delivery failures fail the commit: an output that could
+//! not be written is never silently dropped.
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -14,10 +18,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::util::Timeout;
 
 use super::Writer;
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::kafka::{KafkaSetupError, MAX_MESSAGE_BYTES, client_config};
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, Topics};
+use crate::progress::Progress;
 
 /// Counts delivery failures and keeps the first one's message.
 pub struct DeliveryTracker {
@@ -53,6 +58,10 @@ impl ProducerContext for DeliveryTracker {
 pub struct KafkaWriter {
     producer: ThreadedProducer<DeliveryTracker>,
     topics: Rc<Topics>,
+    progress_topic: String,
+    progress_key: String,
+    transactional: bool,
+    in_transaction: bool,
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
 }
@@ -60,10 +69,11 @@ pub struct KafkaWriter {
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl KafkaWriter {
-    /// A writer for `topics`.
+    /// A writer for `topics` and the job's progress topic.
     pub fn new(
         config: &Config,
         topics: Rc<Topics>,
+        progress_topic: &str,
         worker: usize,
         metrics: Metrics,
     ) -> Result<Self, KafkaSetupError> {
@@ -81,10 +91,19 @@ impl KafkaWriter {
                 "client.id",
                 format!("waterline-{}-sink-{worker}", config.app_id),
             );
+        let transactional = config.guarantee == Guarantee::ExactlyOnce;
+        if transactional {
+            // One id per worker: a restarted worker fences its previous incarnation.
+            c.set("transactional.id", format!("{}-{worker}", config.app_id))
+                // Long enough that a slow commit is not aborted under us, short enough
+                // that a crashed worker's open transaction stops blocking read_committed
+                // consumers soon (its next incarnation aborts it at once anyway).
+                .set("transaction.timeout.ms", "60000");
+        }
         for (k, v) in &config.kafka_properties {
             c.set(k, v);
         }
-        let producer = c
+        let producer: ThreadedProducer<DeliveryTracker> = c
             .create_with_context(DeliveryTracker {
                 first_error: Arc::clone(&first_error),
                 metrics: metrics.clone(),
@@ -93,17 +112,59 @@ impl KafkaWriter {
                 what: "cannot create the Kafka producer".into(),
                 source,
             })?;
+        if transactional {
+            producer
+                .init_transactions(Timeout::After(FLUSH_TIMEOUT))
+                .map_err(|source| KafkaSetupError::Client {
+                    what: format!(
+                        "cannot initialise transactions for {}-{worker}",
+                        config.app_id
+                    ),
+                    source,
+                })?;
+        }
         Ok(KafkaWriter {
             producer,
             topics,
+            progress_topic: progress_topic.to_string(),
+            progress_key: format!("worker-{worker}"),
+            transactional,
+            in_transaction: false,
             first_error,
             metrics,
         })
     }
 }
 
+impl KafkaWriter {
+    fn begin(&mut self) -> Result<(), String> {
+        if self.transactional && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| format!("cannot begin a transaction: {e}"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: String) {
+        self.metrics.delivery_errors.inc();
+        let mut slot = self
+            .first_error
+            .lock()
+            .expect("no thread panics holding the delivery lock");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+}
+
 impl Writer for KafkaWriter {
     fn write(&mut self, record: &OutRecord) {
+        if let Err(e) = self.begin() {
+            self.fail(e);
+            return;
+        }
         let topic = &self.topics.names[record.topic as usize];
         let mut r = BaseRecord::<[u8], [u8]>::to(topic)
             .partition(record.partition)
@@ -140,10 +201,26 @@ impl Writer for KafkaWriter {
         }
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+        self.begin()?;
+        let payload = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
+        let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
+            .partition(0)
+            .key(&self.progress_key)
+            .payload(&payload);
         self.producer
-            .flush(Timeout::After(FLUSH_TIMEOUT))
-            .map_err(|e| format!("producer flush failed: {e}"))?;
+            .send(record)
+            .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
+        if self.transactional {
+            self.producer
+                .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
+                .map_err(|e| format!("commit failed: {e}"))?;
+            self.in_transaction = false;
+        } else {
+            self.producer
+                .flush(Timeout::After(FLUSH_TIMEOUT))
+                .map_err(|e| format!("producer flush failed: {e}"))?;
+        }
         match self
             .first_error
             .lock()
@@ -152,6 +229,20 @@ impl Writer for KafkaWriter {
         {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    fn abort(&mut self) {
+        if self.transactional && self.in_transaction {
+            if let Err(e) = self
+                .producer
+                .abort_transaction(Timeout::After(FLUSH_TIMEOUT))
+            {
+                tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
+            }
+            self.in_transaction = false;
+        } else if let Err(e) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
+            tracing::warn!(error = %e, "could not flush on stop");
         }
     }
 }

@@ -1,26 +1,64 @@
-//! An in-memory writer for tests: collects records in write order.
+//! An in-memory writer for tests: keeps what was committed, and can fail on purpose.
 
 use std::sync::{Arc, Mutex};
 
 use super::Writer;
 use crate::output::OutRecord;
+use crate::progress::Progress;
 
-/// Appends every record to a shared vector.
+/// What a [`MemoryWriter`] holds.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Every committed record, in commit order.
+    pub records: Vec<OutRecord>,
+    /// Every committed progress record, in order.
+    pub progress: Vec<Progress>,
+}
+
+/// Buffers writes and moves them to [`Committed`] at each commit.
 #[derive(Clone, Default)]
 pub struct MemoryWriter {
-    /// Everything written, in order.
-    pub records: Arc<Mutex<Vec<OutRecord>>>,
+    /// What was committed (shared by every clone).
+    pub committed: Arc<Mutex<Committed>>,
+    uncommitted: Vec<OutRecord>,
+    /// Fail every commit after this many have succeeded (in this writer), like a crash.
+    pub fail_after: Option<usize>,
+    commits: usize,
+}
+
+impl MemoryWriter {
+    /// A writer that commits into `committed`, failing every commit after the first `n`
+    /// when `fail_after` is given.
+    pub fn new(committed: Arc<Mutex<Committed>>, fail_after: Option<usize>) -> Self {
+        MemoryWriter {
+            committed,
+            fail_after,
+            ..MemoryWriter::default()
+        }
+    }
 }
 
 impl Writer for MemoryWriter {
     fn write(&mut self, record: &OutRecord) {
-        self.records
-            .lock()
-            .expect("no writer panicked while holding the lock")
-            .push(record.clone());
+        self.uncommitted.push(record.clone());
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+        if self.fail_after.is_some_and(|n| self.commits >= n) {
+            self.uncommitted.clear();
+            return Err("simulated crash before commit".into());
+        }
+        self.commits += 1;
+        let mut c = self
+            .committed
+            .lock()
+            .map_err(|_| "a writer panicked".to_string())?;
+        c.records.append(&mut self.uncommitted);
+        c.progress.push(progress.clone());
         Ok(())
+    }
+
+    fn abort(&mut self) {
+        self.uncommitted.clear();
     }
 }

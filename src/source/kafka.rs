@@ -17,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{Polled, Reader, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
+use crate::progress::Position;
 use crate::spec::StartFrom;
 
 #[derive(Debug, Default)]
@@ -52,6 +53,7 @@ impl ConsumerContext for SourceContext {}
 pub struct KafkaReader {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
+    starts: Vec<Position>,
     partitions: BTreeMap<i32, PartitionState>,
     last_error_log: Option<Instant>,
 }
@@ -59,13 +61,15 @@ pub struct KafkaReader {
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl KafkaReader {
-    /// Assigns `partitions` of `topic`, starting at `start`; `bounded` stops each at the
-    /// end offset it has now.
+    /// Assigns `partitions` of `topic`: each from its position in `resume` if it has one,
+    /// otherwise from `start` (resolved to an offset now, so the position is exact).
+    /// `bounded` stops each partition at the end offset it has now.
     pub fn new(
         config: &Config,
         topic: &str,
         partitions: &[i32],
         start: StartFrom,
+        resume: &BTreeMap<i32, Position>,
         bounded: bool,
         worker: usize,
     ) -> Result<KafkaReader, KafkaSetupError> {
@@ -94,10 +98,36 @@ impl KafkaReader {
                     source,
                 })?;
         let mut tpl = TopicPartitionList::new();
+        let mut starts = Vec::with_capacity(partitions.len());
         for &p in partitions {
-            let offset = match start {
-                StartFrom::Earliest => Offset::Beginning,
-                StartFrom::Latest => Offset::End,
+            let position = match resume.get(&p) {
+                Some(position) => *position,
+                None => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, p, WATERMARK_TIMEOUT)
+                        .map_err(|source| KafkaSetupError::Client {
+                            what: format!("cannot read the offsets of {topic}/{p}"),
+                            source,
+                        })?;
+                    let offset = match start {
+                        StartFrom::Earliest => low,
+                        StartFrom::Latest => high,
+                    };
+                    Position {
+                        partition: p,
+                        offset,
+                        max_seen: None,
+                    }
+                }
+            };
+            starts.push(position);
+            // A fresh start is assigned by its logical name: seen here, an explicit offset
+            // resolved from the watermarks just before assignment sometimes fetched
+            // nothing. The position recorded is the resolved offset either way.
+            let offset = match (resume.contains_key(&p), start) {
+                (true, _) => Offset::Offset(position.offset),
+                (false, StartFrom::Earliest) => Offset::Beginning,
+                (false, StartFrom::Latest) => Offset::End,
             };
             tpl.add_partition_offset(topic, p, offset)
                 .map_err(|source| KafkaSetupError::Client {
@@ -114,6 +144,7 @@ impl KafkaReader {
         let mut reader = KafkaReader {
             consumer,
             topic: topic.to_string(),
+            starts: starts.clone(),
             partitions: partitions
                 .iter()
                 .map(|&p| (p, PartitionState::default()))
@@ -121,14 +152,13 @@ impl KafkaReader {
             last_error_log: None,
         };
         if bounded {
-            let latest = start == StartFrom::Latest;
-            reader.bound(latest)?;
+            reader.bound()?;
         }
         Ok(reader)
     }
 
     /// Sets every unfinished partition's end to its current high watermark.
-    fn bound(&mut self, starting_at_end: bool) -> Result<(), KafkaSetupError> {
+    fn bound(&mut self) -> Result<(), KafkaSetupError> {
         for (&p, state) in self.partitions.iter_mut() {
             if state.ended {
                 continue;
@@ -141,13 +171,7 @@ impl KafkaReader {
                     source,
                 })?;
             state.end = Some(high);
-            if starting_at_end && state.next.is_none() {
-                state.next = Some(high);
-            }
-            if state.at_eof && state.next.is_none() {
-                state.next = Some(high);
-            }
-            if state.next.unwrap_or(low) >= high {
+            if state.next.unwrap_or(low).max(low) >= high {
                 state.at_eof = true;
             }
         }
@@ -156,8 +180,8 @@ impl KafkaReader {
 }
 
 impl Reader for KafkaReader {
-    fn partitions(&self) -> Vec<i32> {
-        self.partitions.keys().copied().collect()
+    fn partitions(&self) -> Vec<Position> {
+        self.starts.clone()
     }
 
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize {
@@ -202,9 +226,25 @@ impl Reader for KafkaReader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // The notice may predate the bound (the reader caught up once, then more
+                    // was written): only the consumer's position, which also steps over
+                    // transaction markers, says whether the bound is reached.
+                    let position = self.consumer.position().ok().and_then(|tpl| {
+                        tpl.find_partition(&self.topic, p)
+                            .and_then(|e| match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            })
+                    });
                     if let Some(state) = self.partitions.get_mut(&p) {
                         state.at_eof = true;
-                        if !state.ended && state.end.is_some() {
+                        if let Some(o) = position {
+                            state.next = Some(state.next.map_or(o, |n| n.max(o)));
+                        }
+                        if !state.ended
+                            && let Some(end) = state.end
+                            && state.next.unwrap_or(0) >= end
+                        {
                             state.ended = true;
                             f(Polled::End(p));
                         }
@@ -229,7 +269,7 @@ impl Reader for KafkaReader {
     }
 
     fn bound_to_current_end(&mut self) {
-        if let Err(e) = self.bound(false) {
+        if let Err(e) = self.bound() {
             tracing::error!(error = %e, "cannot bound the input to its current end; reading on");
         }
     }

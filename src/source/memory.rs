@@ -1,6 +1,9 @@
 //! An in-memory reader: partitions as vectors of payloads, for tests and benchmarks.
 
+use std::collections::BTreeMap;
+
 use super::{Polled, Reader, RecordRef};
+use crate::progress::Position;
 
 /// A partition's payloads in offset order (`None` for a null value).
 pub type Payloads = Vec<Option<Vec<u8>>>;
@@ -10,6 +13,7 @@ pub type Payloads = Vec<Option<Vec<u8>>>;
 pub struct MemoryReader {
     partitions: Vec<(i32, Payloads, usize)>,
     chunk: usize,
+    restored: BTreeMap<i32, Option<u64>>,
 }
 
 impl MemoryReader {
@@ -18,13 +22,32 @@ impl MemoryReader {
         MemoryReader {
             partitions: partitions.into_iter().map(|(p, v)| (p, v, 0)).collect(),
             chunk: chunk.max(1),
+            restored: BTreeMap::new(),
         }
+    }
+
+    /// Resumes each partition found in `positions` at its offset, with its `max_seen`.
+    pub fn resume(mut self, positions: &BTreeMap<i32, Position>) -> Self {
+        for (p, _, next) in self.partitions.iter_mut() {
+            if let Some(pos) = positions.get(p) {
+                *next = usize::try_from(pos.offset).unwrap_or(0);
+                self.restored.insert(*p, pos.max_seen);
+            }
+        }
+        self
     }
 }
 
 impl Reader for MemoryReader {
-    fn partitions(&self) -> Vec<i32> {
-        self.partitions.iter().map(|(p, _, _)| *p).collect()
+    fn partitions(&self) -> Vec<Position> {
+        self.partitions
+            .iter()
+            .map(|(p, _, next)| Position {
+                partition: *p,
+                offset: *next as i64,
+                max_seen: self.restored.get(p).copied().flatten(),
+            })
+            .collect()
     }
 
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize {

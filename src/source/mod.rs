@@ -21,7 +21,7 @@
 pub mod kafka;
 pub mod memory;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +40,7 @@ use timely::progress::Antichain;
 use crate::codec::{Decoder, Event};
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, SourceRef, Topics};
+use crate::progress::Position;
 use crate::spec::PipelineSpec;
 use crate::time::watermark::{Hold, Watermarks};
 
@@ -69,8 +70,9 @@ pub enum Polled<'a> {
 
 /// A source of raw records for one worker's partitions.
 pub trait Reader {
-    /// The partitions this reader owns.
-    fn partitions(&self) -> Vec<i32>;
+    /// The partitions this reader owns, each with the position it starts from (the next
+    /// offset it will read, and the greatest event time read before it, when resuming).
+    fn partitions(&self) -> Vec<Position>;
     /// Hands up to `max` records (and end markers) to `f`; returns how many records it read.
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize;
     /// From now on, stop each partition at the end offset it has at this moment.
@@ -116,34 +118,50 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
     mut reader: R,
     control: SourceControl,
     metrics: Metrics,
-) -> StreamVec<'s, u64, SourceItem> {
+) -> (StreamVec<'s, u64, SourceItem>, StreamVec<'s, u64, Position>) {
     let (loop_handle, loop_stream) = scope.feedback::<Vec<Announcement>>(1);
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
     let (data_out, data_stream) = builder.new_output::<Vec<SourceItem>>();
     let (announce_out, announce_stream) = builder.new_output::<Vec<Announcement>>();
+    let (positions_out, positions_stream) = builder.new_output::<Vec<Position>>();
     let no_connection: Vec<(usize, Antichain<u64>)> = Vec::new();
     let mut heard = builder.new_input_connection(loop_stream, Pipeline, no_connection);
     let mut data_out =
         OutputBuilder::<u64, CapacityContainerBuilder<Vec<SourceItem>>>::from(data_out);
     let mut announce_out =
         OutputBuilder::<u64, CapacityContainerBuilder<Vec<Announcement>>>::from(announce_out);
+    let mut positions_out =
+        OutputBuilder::<u64, CapacityContainerBuilder<Vec<Position>>>::from(positions_out);
     let activator = scope.activator_for(info.address);
 
     builder.build(move |mut capabilities| {
+        let positions_cap = capabilities
+            .pop()
+            .expect("the operator has a positions output");
         let announce_cap = capabilities
             .pop()
             .expect("the operator has an announcement output");
         let data_cap = capabilities.pop().expect("the operator has a data output");
-        let mut caps = Some((data_cap, announce_cap));
+        let mut caps = Some((data_cap, announce_cap, positions_cap));
         let decoder = Decoder::new(&spec);
+        let starts = reader.partitions();
         let mut watermarks = Watermarks::new(
-            reader.partitions(),
+            starts.iter().map(|s| s.partition),
             0,
             spec.input.max_out_of_orderness_ms,
             spec.input.idle_timeout,
             Instant::now(),
         );
+        for s in &starts {
+            if let Some(m) = s.max_seen {
+                watermarks.restore(s.partition, m);
+            }
+        }
+        let reach = spec.reach_ms();
+        // Where each partition stands, and which moved since positions were last sent.
+        let mut next: BTreeMap<i32, i64> = starts.iter().map(|s| (s.partition, s.offset)).collect();
+        let mut moved: BTreeSet<i32> = next.keys().copied().collect();
         let mut others: BTreeMap<usize, Announcement> = BTreeMap::new();
         let mut announced: Option<Announcement> = None;
         let mut draining = false;
@@ -159,7 +177,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     }
                 }
             });
-            let Some(held) = caps.as_ref().map(|(c, _)| *c.time()) else {
+            let Some(held) = caps.as_ref().map(|(c, _, _)| *c.time()) else {
                 return;
             };
             if !draining && control.drain.load(Ordering::Relaxed) {
@@ -172,6 +190,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 Polled::End(p) => watermarks.finish(p),
                 Polled::Record(r) => {
                     metrics.records_in.inc();
+                    next.insert(r.partition, r.offset + 1);
+                    moved.insert(r.partition);
                     let source =
                         || SourceRef::new(&topic, r.partition, r.offset, r.timestamp_ms, r.key);
                     match decoder.decode(r.payload) {
@@ -219,7 +239,17 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 }
             });
 
-            if let Some((data_cap, _)) = caps.as_ref() {
+            if let Some((data_cap, _, positions_cap)) = caps.as_ref() {
+                let mut positions = positions_out.activate();
+                for p in std::mem::take(&mut moved) {
+                    let position = Position {
+                        partition: p,
+                        offset: next.get(&p).copied().unwrap_or_default(),
+                        max_seen: watermarks.max_seen(p),
+                    };
+                    let at = position.valid_from(reach).max(held);
+                    positions.session(&positions_cap.delayed(&at)).give(position);
+                }
                 let mut out = data_out.activate();
                 if !pending.is_empty() {
                     out.session(data_cap).give_container(&mut pending);
@@ -234,12 +264,15 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 Hold::Release => None,
                 Hold::At(t) => Some((t, true)),
                 Hold::Idle(t) => {
-                    // Nothing of ours is active: follow the least active worker, if any.
+                    // Nothing of ours is active: follow the least active worker; when no
+                    // worker is active, the greatest watermark any reached (as Flink's
+                    // watermark valve does when every channel is idle).
                     let least_active = others.values().filter(|a| a.active).map(|a| a.held).min();
-                    if let Some(least) = least_active {
-                        watermarks.follow(least);
+                    let greatest_idle = others.values().filter(|a| a.held != u64::MAX).map(|a| a.held).max();
+                    if let Some(to) = least_active.or(greatest_idle) {
+                        watermarks.follow(to);
                     }
-                    Some((least_active.map_or(t, |least| least.max(t)), false))
+                    Some((least_active.or(greatest_idle).map_or(t, |to| to.max(t)), false))
                 }
             };
             let state = Announcement {
@@ -248,19 +281,21 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 active: next.is_some_and(|(_, active)| active),
             };
             if announced != Some(state)
-                && let Some((_, announce_cap)) = caps.as_ref()
+                && let Some((_, announce_cap, _)) = caps.as_ref()
             {
+                tracing::trace!(worker, held = state.held, active = state.active, idle = ?watermarks.idle_partitions(), "watermark");
                 announce_out.activate().session(announce_cap).give(state);
                 announced = Some(state);
             }
             match next {
                 None => caps = None,
                 Some((t, _)) => {
-                    if let Some((data_cap, announce_cap)) = caps.as_mut()
+                    if let Some((data_cap, announce_cap, positions_cap)) = caps.as_mut()
                         && t > *data_cap.time()
                     {
                         data_cap.downgrade(&t);
                         announce_cap.downgrade(&t);
+                        positions_cap.downgrade(&t);
                         metrics.watermark_ms.set(t as i64);
                     }
                 }
@@ -275,7 +310,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         }
     });
     announce_stream.broadcast().connect_loop(loop_handle);
-    data_stream
+    (data_stream, positions_stream)
 }
 
 /// The wall clock in epoch milliseconds.

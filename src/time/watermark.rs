@@ -96,6 +96,15 @@ impl Watermarks {
         part.watermark
     }
 
+    /// Restores `p` as it stood when resuming: `max_seen` read before the resume position.
+    pub fn restore(&mut self, p: i32, max_seen: u64) {
+        let ooo = self.max_out_of_orderness;
+        if let Some(part) = self.partitions.get_mut(&p) {
+            part.max_seen = Some(max_seen);
+            part.watermark = part.watermark.max(max_seen.saturating_sub(ooo));
+        }
+    }
+
     /// Notes that `p` has delivered data (of any kind, valid or not) at `now`, without an
     /// event time: it is not idle.
     pub fn touch(&mut self, p: i32, now: Instant) {
