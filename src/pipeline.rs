@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +97,8 @@ pub fn run_in_memory_with(
 ) -> Result<(), String> {
     let (spec, topics, run) = (spec.clone(), topics.clone(), run.clone());
     let fingerprint = progress::fingerprint(&spec);
+    // One worker failing stops them all, as a crashed process would.
+    let abort = Arc::new(AtomicBool::new(false));
     let results = timely::execute(timely::Config::process(run.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let mine = partitions
@@ -127,11 +130,16 @@ pub fn run_in_memory_with(
             Metrics::new(),
         );
         loop {
-            if let Some(e) = state.borrow_mut().error.take() {
+            let failure = state.borrow_mut().error.take();
+            if let Some(e) = &failure {
+                abort.store(true, Ordering::SeqCst);
+                tracing::debug!(worker = index, error = %e, "stopping");
+            }
+            if failure.is_some() || abort.load(Ordering::SeqCst) {
                 for id in worker.installed_dataflows() {
                     worker.drop_dataflow(id);
                 }
-                return Err(e);
+                return Err(failure.unwrap_or_else(|| "another worker failed".into()));
             }
             if !worker.step_or_park(Some(Duration::from_millis(1))) {
                 break;
