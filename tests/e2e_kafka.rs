@@ -293,6 +293,23 @@ fn trades(
 
 #[test]
 fn trades_end_to_end_match_an_independent_recomputation() {
+    trades_end_to_end("2", None);
+}
+
+#[test]
+fn at_least_once_mode_without_crashes_is_exact_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("alos.toml");
+    std::fs::write(
+        &config,
+        "[processing]\nguarantee = \"at-least-once\"\ncommit_interval = \"1s\"\n",
+    )
+    .expect("write");
+    trades_end_to_end("3", Some(&config));
+}
+
+/// 100,800 trades over 8 partitions through `run --stop-at-end -w <workers>`.
+fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
     const PARTITIONS: usize = 8;
     let data = trades(2026, PARTITIONS, 12_600);
     let (input, out, dlq, late) = (
@@ -325,14 +342,18 @@ fn trades_end_to_end_match_an_independent_recomputation() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
-    let run = waterline(&[
+    let mut args = vec![
         "run",
         "--dataflow",
         dataflow.to_str().expect("utf-8 path"),
         "--stop-at-end",
         "-w",
-        "2",
-    ]);
+        workers,
+    ];
+    if let Some(c) = config {
+        args.extend(["--config", c.to_str().expect("utf-8 path")]);
+    }
+    let run = waterline(&args);
     assert!(run.status.success(), "waterline run --stop-at-end exits 0");
 
     let mut got = Expected::default();
@@ -383,7 +404,11 @@ fn trades_end_to_end_match_an_independent_recomputation() {
         expected.dead.len(),
         expected.late.len()
     );
-    assert_matches(&got, &expected, "end-to-end, 2 workers, 8 partitions");
+    assert_matches(
+        &got,
+        &expected,
+        &format!("end-to-end, {workers} workers, 8 partitions"),
+    );
 }
 
 #[test]
