@@ -8,6 +8,7 @@
 //! open windows are not emitted half-done), or a worker failed.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +19,13 @@ use crate::kafka::{self, KafkaSetupError, MAX_MESSAGE_BYTES, TopicRequest};
 use crate::metrics::Metrics;
 use crate::output::Topics;
 use crate::pipeline;
-use crate::progress::{self, Progress, Recovery};
+use crate::progress::{self, Position, Progress, Recovery};
 use crate::sink::kafka::KafkaWriter;
 use crate::sink::{SinkConfig, Writer};
 use crate::source::SourceControl;
 use crate::source::kafka::KafkaReader;
-use crate::spec::PipelineSpec;
+use crate::spec::{PipelineSpec, StartFrom};
+use rdkafka::consumer::Consumer;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +147,6 @@ pub fn run(
             }],
         )?;
     }
-    drop(probe);
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
     let records = progress::read(&config, &progress_topic)?;
@@ -161,6 +162,33 @@ pub fn run(
             "resuming from committed progress"
         );
     }
+    // Every partition's start, resolved once: the recorded position, or `start_from`
+    // resolved to an exact offset.
+    let mut starts = BTreeMap::new();
+    for p in 0..input_partitions {
+        let position = match recovery.positions.get(&p) {
+            Some(position) => *position,
+            None => {
+                let (low, high) = probe
+                    .fetch_watermarks(&spec.input.topic, p, timeout)
+                    .map_err(|source| KafkaSetupError::Client {
+                        what: format!("cannot read the offsets of {}/{p}", spec.input.topic),
+                        source,
+                    })?;
+                let offset = match spec.input.start_from {
+                    StartFrom::Earliest => low,
+                    StartFrom::Latest => high,
+                };
+                Position {
+                    partition: p,
+                    offset,
+                    max_seen: None,
+                }
+            }
+        };
+        starts.insert(p, position);
+    }
+    drop(probe);
     let template = Progress {
         dataflow: spec.name.clone(),
         fingerprint,
@@ -194,7 +222,7 @@ pub fn run(
                 input_partitions,
                 &options,
                 &abort,
-                (&recovery, &template, &progress_topic),
+                (&recovery, &starts, &template, &progress_topic),
             );
             if result.is_err() {
                 abort.store(true, Ordering::SeqCst);
@@ -232,27 +260,23 @@ fn run_worker(
     input_partitions: i32,
     options: &RunOptions,
     abort: &AtomicBool,
-    (recovery, template, progress_topic): (&Recovery, &Progress, &str),
+    (recovery, starts, template, progress_topic): (
+        &Recovery,
+        &BTreeMap<i32, Position>,
+        &Progress,
+        &str,
+    ),
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
-    let mine: Vec<i32> = (0..input_partitions)
+    let mine: Vec<Position> = (0..input_partitions)
         .filter(|p| *p as usize % peers == index)
+        .filter_map(|p| starts.get(&p).copied())
         .collect();
     let spec = Rc::new(PipelineSpec::clone(spec));
     let topics = Rc::new(Topics::clone(topics));
     // Clients are created before the dataflow so that a failure here fails every worker
     // the same way (they share the config) instead of leaving peers waiting.
-    let reader = KafkaReader::new(
-        config,
-        &spec.input.topic,
-        &mine,
-        spec.input.start_from,
-        &recovery.positions,
-        options.stop_at_end,
-        index,
-    )
-    .map_err(|e| e.to_string())?;
     let writer = Rc::new(RefCell::new(
         KafkaWriter::new(
             config,
@@ -263,6 +287,10 @@ fn run_worker(
         )
         .map_err(|e| e.to_string())?,
     ));
+    // The reader comes after the producer: its partitions are assigned (and fetching
+    // starts) only once the transactional producer is ready, which can take a while.
+    let reader = KafkaReader::new(config, &spec.input.topic, &mine, options.stop_at_end, index)
+        .map_err(|e| e.to_string())?;
     let sink_config = SinkConfig {
         template: Progress {
             worker: index,
@@ -271,7 +299,11 @@ fn run_worker(
         recovered_frontier: recovery.frontiers.get(index).copied().unwrap_or(0),
         commit_interval: config.commit_interval,
     };
-    tracing::info!(worker = index, partitions = ?mine, "worker assigned");
+    tracing::info!(
+        worker = index,
+        partitions = ?mine.iter().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
+        "worker assigned (partition, offset)"
+    );
     let state = pipeline::build(
         worker,
         spec,

@@ -458,6 +458,8 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
         .expect("read")
         .replace("idle_timeout = \"30s\"", "idle_timeout = \"1s\"");
     std::fs::write(&dataflow, text).expect("write");
+    // The run's log goes to a file: a pipe nobody reads would block it once full.
+    let log = dir.path().join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
         .args([
             "run",
@@ -469,8 +471,8 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", unique("app"))
         .env("RUST_LOG", "waterline=trace,info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("waterline starts");
 
@@ -484,10 +486,10 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
     }
     if starts != vec![start, start + 60_000] {
         child.kill().expect("kill");
-        let output = child.wait_with_output().expect("output");
+        child.wait().expect("wait");
         panic!(
-            "windows closed while partitions 1-3 were idle: got {starts:?}\n--- stderr\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            "windows closed while partitions 1-3 were idle: got {starts:?}\n--- log\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 
@@ -507,8 +509,10 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let output = child.wait_with_output().expect("output");
-    eprintln!("--- stderr\n{}", String::from_utf8_lossy(&output.stderr));
+    eprintln!(
+        "--- log\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(
         exit.success(),
         "SIGTERM is a clean stop: exit 0, got {exit:?}"
@@ -638,6 +642,7 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
         .replace("idle_timeout = \"30s\"", "idle_timeout = \"1h\"");
     std::fs::write(&dataflow, text).expect("write");
     let app = unique("chaos-app");
+    let log = dir.path().join("run.log");
     let spawn = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_waterline"))
             .args([
@@ -652,7 +657,8 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
             .env("WATERLINE_APP_ID", &app)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            // A file, not a pipe: an unread pipe would block the run once full.
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("waterline starts")
     };
@@ -683,17 +689,16 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
             child.kill().expect("SIGKILL");
             kills += 1;
         }
-        let output = child.wait_with_output().expect("output");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        child.wait().expect("wait");
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!stderr.contains("panicked"), "a run panicked:\n{stderr}");
     }
     appender.join().expect("the appender finished");
-    let last = spawn(&["--stop-at-end"]);
-    let output = last.wait_with_output().expect("output");
+    let status = spawn(&["--stop-at-end"]).wait().expect("wait");
     assert!(
-        output.status.success(),
+        status.success(),
         "the final bounded run completes:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 
     let inputs: Vec<Vec<Input>> = data

@@ -18,7 +18,6 @@ use super::{Polled, Reader, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
 use crate::progress::Position;
-use crate::spec::StartFrom;
 
 #[derive(Debug, Default)]
 struct PartitionState {
@@ -61,15 +60,12 @@ pub struct KafkaReader {
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl KafkaReader {
-    /// Assigns `partitions` of `topic`: each from its position in `resume` if it has one,
-    /// otherwise from `start` (resolved to an offset now, so the position is exact).
+    /// Assigns `starts` (partitions of `topic`, each at the position it resumes from);
     /// `bounded` stops each partition at the end offset it has now.
     pub fn new(
         config: &Config,
         topic: &str,
-        partitions: &[i32],
-        start: StartFrom,
-        resume: &BTreeMap<i32, Position>,
+        starts: &[Position],
         bounded: bool,
         worker: usize,
     ) -> Result<KafkaReader, KafkaSetupError> {
@@ -98,56 +94,34 @@ impl KafkaReader {
                     source,
                 })?;
         let mut tpl = TopicPartitionList::new();
-        let mut starts = Vec::with_capacity(partitions.len());
-        for &p in partitions {
-            let position = match resume.get(&p) {
-                Some(position) => *position,
-                None => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(topic, p, WATERMARK_TIMEOUT)
-                        .map_err(|source| KafkaSetupError::Client {
-                            what: format!("cannot read the offsets of {topic}/{p}"),
-                            source,
-                        })?;
-                    let offset = match start {
-                        StartFrom::Earliest => low,
-                        StartFrom::Latest => high,
-                    };
-                    Position {
-                        partition: p,
-                        offset,
-                        max_seen: None,
-                    }
-                }
-            };
-            starts.push(position);
-            // A fresh start is assigned by its logical name: seen here, an explicit offset
-            // resolved from the watermarks just before assignment sometimes fetched
-            // nothing. The position recorded is the resolved offset either way.
-            let offset = match (resume.contains_key(&p), start) {
-                (true, _) => Offset::Offset(position.offset),
-                (false, StartFrom::Earliest) => Offset::Beginning,
-                (false, StartFrom::Latest) => Offset::End,
-            };
-            tpl.add_partition_offset(topic, p, offset)
+        for start in starts {
+            // Explicit offsets, resolved by the caller before any consumer is assigned: the
+            // recorded position is then exactly where reading starts.
+            tpl.add_partition_offset(topic, start.partition, Offset::Offset(start.offset))
                 .map_err(|source| KafkaSetupError::Client {
-                    what: format!("cannot assign partition {p}"),
+                    what: format!("cannot assign partition {}", start.partition),
                     source,
                 })?;
         }
         consumer
             .assign(&tpl)
             .map_err(|source| KafkaSetupError::Client {
-                what: format!("cannot assign partitions {partitions:?} of `{topic}`"),
+                what: format!("cannot assign partitions of `{topic}`"),
                 source,
             })?;
         let mut reader = KafkaReader {
             consumer,
             topic: topic.to_string(),
-            starts: starts.clone(),
-            partitions: partitions
+            starts: starts.to_vec(),
+            partitions: starts
                 .iter()
-                .map(|&p| (p, PartitionState::default()))
+                .map(|s| {
+                    let state = PartitionState {
+                        next: Some(s.offset),
+                        ..PartitionState::default()
+                    };
+                    (s.partition, state)
+                })
                 .collect(),
             last_error_log: None,
         };
