@@ -152,6 +152,7 @@ pub fn run(
     let records = progress::read(&config, &progress_topic)?;
     let recovery = Recovery::from_records(&records, options.workers, &fingerprint)
         .map_err(RunError::Recovery)?;
+    crate::fault::point("during-recovery");
     if records.is_empty() {
         tracing::info!(progress = %progress_topic, "no committed progress: starting from `start_from`");
     } else {

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod fault;
 pub mod fields;
 pub mod generate;
 pub mod kafka;

@@ -211,6 +211,7 @@ impl Writer for KafkaWriter {
         self.producer
             .send(record)
             .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
+        crate::fault::point("before-commit");
         if self.transactional {
             self.producer
                 .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
@@ -228,7 +229,10 @@ impl Writer for KafkaWriter {
             .take()
         {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => {
+                crate::fault::point("after-commit");
+                Ok(())
+            }
         }
     }
 

@@ -1,0 +1,48 @@
+//! Fault points: abort the process at a precise step, to test recovery.
+//!
+//! `WATERLINE_FAULT=<point>[:<n>]` aborts (SIGABRT, no clean-up, like a crash) the n-th time
+//! (default: the first) the process reaches `<point>`:
+//! - `before-commit`: a worker has written a commit's outputs and progress record but has
+//!   not committed its transaction;
+//! - `after-commit`: right after a commit succeeded;
+//! - `during-recovery`: after the committed progress was read, before any worker starts.
+//!
+//! Unset (the normal case), a fault point costs one relaxed atomic load.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Fault {
+    point: String,
+    nth: usize,
+    seen: AtomicUsize,
+}
+
+fn configured() -> Option<&'static Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let spec = std::env::var("WATERLINE_FAULT").ok()?;
+            let (point, nth) = match spec.split_once(':') {
+                Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+                None => (spec, 1),
+            };
+            Some(Fault {
+                point,
+                nth,
+                seen: AtomicUsize::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Marks that the process reached `point`; aborts if a fault was set there.
+pub fn point(point: &str) {
+    if let Some(f) = configured()
+        && f.point == point
+        && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth
+    {
+        eprintln!("waterline: fault point `{point}` reached (WATERLINE_FAULT): aborting");
+        std::process::abort();
+    }
+}
