@@ -176,6 +176,27 @@ fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
     out
 }
 
+/// Everything committed to a job's output, dead-letter and late topics; panics on any
+/// duplicate.
+fn committed(out: &str, dlq: &str, late: &str) -> Expected {
+    let mut got = Expected::default();
+    for (topic, _, payload) in consume_all(&[out, dlq, late]) {
+        absorb(&mut got, role(&topic, out, dlq), &payload);
+    }
+    got
+}
+
+/// The role of a topic among a job's outputs.
+fn role(topic: &str, out: &str, dlq: &str) -> &'static str {
+    if topic == out {
+        "window"
+    } else if topic == dlq {
+        "dead"
+    } else {
+        "late"
+    }
+}
+
 fn waterline(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_waterline"))
         .args(args)
@@ -366,13 +387,7 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
         }
     }
     for (topic, key, payload) in consume_all(&[&out, &dlq, &late]) {
-        let role = if topic == out {
-            "window"
-        } else if topic == dlq {
-            "dead"
-        } else {
-            "late"
-        };
+        let role = role(&topic, &out, &dlq);
         if role == "dead" {
             // The raw bytes survive, exactly.
             let v: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
@@ -706,17 +721,7 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
         .map(|p| p.into_iter().map(|(_, i)| i).collect())
         .collect();
     let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
-    let mut got = Expected::default();
-    for (topic, _, payload) in consume_all(&[&out, &dlq, &late]) {
-        let role = if topic == out {
-            "window"
-        } else if topic == dlq {
-            "dead"
-        } else {
-            "late"
-        };
-        absorb(&mut got, role, &payload); // panics on any duplicate
-    }
+    let got = committed(&out, &dlq, &late);
     assert_matches(&got, &expected, "after SIGKILL chaos");
     eprintln!(
         "chaos: {kills} kills with SIGKILL, 210000 records in; committed output equals the recomputation exactly \
@@ -812,17 +817,7 @@ fn fault_points_then_restart_are_exactly_once() {
             "the restart after {faults:?} completes:\n{}",
             String::from_utf8_lossy(&finished.stderr)
         );
-        let mut got = Expected::default();
-        for (topic, _, payload) in consume_all(&[&o, &d, &l]) {
-            let role = if topic == o {
-                "window"
-            } else if topic == d {
-                "dead"
-            } else {
-                "late"
-            };
-            absorb(&mut got, role, &payload);
-        }
+        let got = committed(&o, &d, &l);
         assert_matches(&got, &expected, &format!("after fault points {faults:?}"));
         eprintln!("fault points {faults:?} then restart: committed output exact");
     }

@@ -38,19 +38,23 @@ impl ProducerContext for DeliveryTracker {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
             use rdkafka::message::Message;
-            self.metrics.delivery_errors.inc();
-            let mut slot = self
-                .first_error
-                .lock()
-                .expect("no thread panics holding the delivery lock");
-            if slot.is_none() {
-                *slot = Some(format!(
-                    "delivery to {}/{} failed: {e}",
-                    m.topic(),
-                    m.partition()
-                ));
-            }
+            record_failure(
+                &self.metrics,
+                &self.first_error,
+                format!("delivery to {}/{} failed: {e}", m.topic(), m.partition()),
+            );
         }
+    }
+}
+
+/// Counts a failure and keeps its message if it is the first since the last commit.
+fn record_failure(metrics: &Metrics, first_error: &Mutex<Option<String>>, message: String) {
+    metrics.delivery_errors.inc();
+    let mut slot = first_error
+        .lock()
+        .expect("no thread panics holding the delivery lock");
+    if slot.is_none() {
+        *slot = Some(message);
     }
 }
 
@@ -148,14 +152,7 @@ impl KafkaWriter {
     }
 
     fn fail(&mut self, e: String) {
-        self.metrics.delivery_errors.inc();
-        let mut slot = self
-            .first_error
-            .lock()
-            .expect("no thread panics holding the delivery lock");
-        if slot.is_none() {
-            *slot = Some(e);
-        }
+        record_failure(&self.metrics, &self.first_error, e);
     }
 }
 
@@ -184,17 +181,8 @@ impl Writer for KafkaWriter {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
-                    self.metrics.delivery_errors.inc();
-                    let mut slot = self
-                        .first_error
-                        .lock()
-                        .expect("no thread panics holding the delivery lock");
-                    if slot.is_none() {
-                        *slot = Some(format!(
-                            "cannot produce to {topic}/{}: {e}",
-                            record.partition
-                        ));
-                    }
+                    let message = format!("cannot produce to {topic}/{}: {e}", record.partition);
+                    record_failure(&self.metrics, &self.first_error, message);
                     return;
                 }
             }
