@@ -16,8 +16,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# benches/ is listed in Cargo.toml, so Cargo wants it present even to build the binary.
+# benches/ is listed in Cargo.toml, so Cargo wants it present even to build the binary;
+# the demo embeds dataflows/trades.toml (include_str!).
 COPY benches ./benches
+COPY dataflows ./dataflows
 COPY src ./src
 # The caches keep downloaded crates and compiled dependencies between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -176,6 +176,10 @@ fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
     out
 }
 
+fn inputs_len(inputs: &[Vec<Input>], partition: i32) -> i64 {
+    inputs[partition as usize].len() as i64
+}
+
 /// Everything committed to a job's output, dead-letter and late topics; panics on any
 /// duplicate.
 fn committed(out: &str, dlq: &str, late: &str) -> Expected {
@@ -198,10 +202,16 @@ fn role(topic: &str, out: &str, dlq: &str) -> &'static str {
 }
 
 fn waterline(args: &[&str]) -> std::process::Output {
+    waterline_as(&unique("app"), args)
+}
+
+/// Runs the binary as application `app` (its consumer group, progress topic and
+/// transactional ids).
+fn waterline_as(app: &str, args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_waterline"))
         .args(args)
         .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", unique("app"))
+        .env("WATERLINE_APP_ID", app)
         .output()
         .expect("the waterline binary runs");
     eprintln!(
@@ -374,8 +384,32 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
     if let Some(c) = config {
         args.extend(["--config", c.to_str().expect("utf-8 path")]);
     }
-    let run = waterline(&args);
+    let app = unique("app");
+    let run = waterline_as(&app, &args);
     assert!(run.status.success(), "waterline run --stop-at-end exits 0");
+
+    // The read positions reached the consumer group, for lag tools.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", &app)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition(&input, p);
+    }
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("group offsets");
+    for e in committed.elements() {
+        let size = inputs_len(&inputs, e.partition());
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(size),
+            "group offset of partition {}",
+            e.partition()
+        );
+    }
 
     let mut got = Expected::default();
     let mut originals = BTreeMap::new();

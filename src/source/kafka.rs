@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -55,9 +55,12 @@ pub struct KafkaReader {
     starts: Vec<Position>,
     partitions: BTreeMap<i32, PartitionState>,
     last_error_log: Option<Instant>,
+    last_group_commit: Instant,
+    group_committed_at_end: bool,
 }
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
+const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 impl KafkaReader {
     /// Assigns `starts` (partitions of `topic`, each at the position it resumes from);
@@ -124,6 +127,8 @@ impl KafkaReader {
                 })
                 .collect(),
             last_error_log: None,
+            last_group_commit: Instant::now(),
+            group_committed_at_end: false,
         };
         if bounded {
             reader.bound()?;
@@ -150,6 +155,40 @@ impl KafkaReader {
             }
         }
         Ok(())
+    }
+}
+
+impl KafkaReader {
+    /// Commits the read positions to the consumer group, about once a second and when
+    /// every partition has ended, so standard lag tools (kafka-consumer-groups, Burrow)
+    /// see the job. Informational only: restarts use the progress records, and these
+    /// offsets run ahead of what was committed downstream.
+    fn commit_group_offsets(&mut self) {
+        let all_ended = self.partitions.values().all(|s| s.ended);
+        if self.group_committed_at_end
+            || (!all_ended && self.last_group_commit.elapsed() < GROUP_COMMIT_EVERY)
+        {
+            return;
+        }
+        self.last_group_commit = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (&p, state) in &self.partitions {
+            if let Some(next) = state.next {
+                let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(next));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let mode = if all_ended {
+            self.group_committed_at_end = true;
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            tracing::debug!(topic = %self.topic, error = %e, "consumer-group offset commit failed (informational)");
+        }
     }
 }
 
@@ -239,6 +278,7 @@ impl Reader for KafkaReader {
                 }
             }
         }
+        self.commit_group_offsets();
         read
     }
 
