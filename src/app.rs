@@ -153,6 +153,16 @@ pub fn run(
     let recovery = Recovery::from_records(&records, options.workers, &fingerprint)
         .map_err(RunError::Recovery)?;
     crate::fault::point("during-recovery");
+    if !records.is_empty() && recovery.frontiers.iter().all(|f| *f == u64::MAX) {
+        // Every window of this job was closed and committed: resuming would drop all new
+        // output as already committed. Say so rather than write nothing.
+        return Err(RunError::Recovery(format!(
+            "application `{}` already completed (a bounded run closed every window and \
+             committed it); run new input under another app id (WATERLINE_APP_ID or \
+             `app_id` in the config)",
+            config.app_id
+        )));
+    }
     if records.is_empty() {
         tracing::info!(progress = %progress_topic, "no committed progress: starting from `start_from`");
     } else {

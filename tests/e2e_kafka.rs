@@ -410,6 +410,10 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
             e.partition()
         );
     }
+    // A completed job is not resumed (it would drop everything as already committed).
+    let again = waterline_as(&app, &args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already completed"));
 
     let mut got = Expected::default();
     let mut originals = BTreeMap::new();
