@@ -7,9 +7,6 @@
 //! - `after-commit`: right after a commit succeeded;
 //! - `during-recovery`: after the committed progress was read, before any worker starts.
 //!
-//! and one that does not abort: `commit-error[:n]` makes the n-th commit fail as an
-//! abortable transaction error would, to exercise the abort-and-rewrite path.
-//!
 //! Unset (the normal case), a fault point costs one relaxed atomic load.
 
 use std::sync::OnceLock;
@@ -39,24 +36,13 @@ fn configured() -> Option<&'static Fault> {
         .as_ref()
 }
 
-fn hit(point: &str) -> bool {
-    configured()
-        .is_some_and(|f| f.point == point && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth)
-}
-
 /// Marks that the process reached `point`; aborts if a fault was set there.
 pub fn point(point: &str) {
-    if hit(point) {
+    if let Some(f) = configured()
+        && f.point == point
+        && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth
+    {
         eprintln!("waterline: fault point `{point}` reached (WATERLINE_FAULT): aborting");
         std::process::abort();
     }
-}
-
-/// Whether an injected failure was set for this pass through `point`.
-pub fn fails(point: &str) -> bool {
-    let hit = hit(point);
-    if hit {
-        eprintln!("waterline: fault point `{point}` reached (WATERLINE_FAULT): failing");
-    }
-    hit
 }

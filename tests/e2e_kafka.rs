@@ -859,44 +859,4 @@ fn fault_points_then_restart_are_exactly_once() {
         assert_matches(&got, &expected, &format!("after fault points {faults:?}"));
         eprintln!("fault points {faults:?} then restart: committed output exact");
     }
-
-    // A commit that fails as an abortable transaction error: the worker aborts, writes the
-    // transaction again and commits, without stopping.
-    let (o, d, l) = (
-        format!("{out}-retry"),
-        format!("{dlq}-retry"),
-        format!("{late}-retry"),
-    );
-    let fdir = tempfile::tempdir().expect("temp dir");
-    let dataflow = trades_dataflow(fdir.path(), &input, &o, &d, &l);
-    let retried = Command::new(env!("CARGO_BIN_EXE_waterline"))
-        .args([
-            "run",
-            "--dataflow",
-            dataflow.to_str().expect("utf-8"),
-            "--stop-at-end",
-            "-w",
-            "2",
-        ])
-        .args(["--config", config.to_str().expect("utf-8")])
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", unique("retry-app"))
-        .env("WATERLINE_FAULT", "commit-error:3")
-        .output()
-        .expect("waterline runs");
-    let stderr = String::from_utf8_lossy(&retried.stderr);
-    assert!(
-        retried.status.success(),
-        "the run survives a failed commit:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("aborting and writing the transaction again"),
-        "{stderr}"
-    );
-    assert_matches(
-        &committed(&o, &d, &l),
-        &expected,
-        "after an aborted and rewritten transaction",
-    );
-    eprintln!("injected commit failure: aborted, rewritten, committed; output exact");
 }

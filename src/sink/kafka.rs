@@ -66,9 +66,6 @@ pub struct KafkaWriter {
     progress_key: String,
     transactional: bool,
     in_transaction: bool,
-    /// The records of the open transaction, to write again if it has to be aborted.
-    batch: Vec<OutRecord>,
-    progress_sent: bool,
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
 }
@@ -137,8 +134,6 @@ impl KafkaWriter {
             progress_key: format!("worker-{worker}"),
             transactional,
             in_transaction: false,
-            batch: Vec::new(),
-            progress_sent: false,
             first_error,
             metrics,
         })
@@ -159,61 +154,6 @@ impl KafkaWriter {
     fn fail(&mut self, e: String) {
         record_failure(&self.metrics, &self.first_error, e);
     }
-
-    fn commit_once(&mut self, progress: &Progress) -> Result<(), CommitFailure> {
-        if !self.progress_sent {
-            self.begin().map_err(CommitFailure::Fatal)?;
-            let payload =
-                serde_json::to_vec(progress).map_err(|e| CommitFailure::Fatal(e.to_string()))?;
-            let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
-                .partition(0)
-                .key(&self.progress_key)
-                .payload(&payload);
-            self.producer.send(record).map_err(|(e, _)| {
-                CommitFailure::Fatal(format!("cannot write the progress record: {e}"))
-            })?;
-            self.progress_sent = true;
-        }
-        crate::fault::point("before-commit");
-        if self.transactional {
-            if crate::fault::fails("commit-error") {
-                return Err(CommitFailure::Abortable(
-                    "injected commit failure (WATERLINE_FAULT)".into(),
-                ));
-            }
-            self.producer
-                .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
-                .map_err(CommitFailure::of)?;
-            self.in_transaction = false;
-        } else {
-            self.producer
-                .flush(Timeout::After(FLUSH_TIMEOUT))
-                .map_err(|e| CommitFailure::Fatal(format!("producer flush failed: {e}")))?;
-        }
-        match self
-            .first_error
-            .lock()
-            .expect("no thread panics holding the delivery lock")
-            .take()
-        {
-            Some(e) => Err(CommitFailure::Fatal(e)),
-            None => Ok(()),
-        }
-    }
-
-    fn abort_open(&mut self) {
-        if self.transactional && self.in_transaction {
-            if let Err(e) = self
-                .producer
-                .abort_transaction(Timeout::After(FLUSH_TIMEOUT))
-            {
-                tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
-            }
-            self.in_transaction = false;
-        } else if let Err(e) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
-            tracing::warn!(error = %e, "could not flush on stop");
-        }
-    }
 }
 
 impl Writer for KafkaWriter {
@@ -222,106 +162,6 @@ impl Writer for KafkaWriter {
             self.fail(e);
             return;
         }
-        if self.transactional {
-            self.batch.push(record.clone());
-        }
-        self.send_record(record);
-    }
-
-    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
-        let mut attempt = 0;
-        loop {
-            let failure = match self.commit_once(progress) {
-                Ok(()) => {
-                    self.batch.clear();
-                    self.progress_sent = false;
-                    crate::fault::point("after-commit");
-                    return Ok(());
-                }
-                Err(failure) => failure,
-            };
-            attempt += 1;
-            let backoff = Duration::from_millis(100 << attempt.min(6));
-            match failure {
-                CommitFailure::Fatal(e) => return Err(e),
-                _ if attempt > MAX_COMMIT_ATTEMPTS => {
-                    return Err(format!(
-                        "commit failed {MAX_COMMIT_ATTEMPTS} times: {}",
-                        failure.message()
-                    ));
-                }
-                CommitFailure::Retriable(e) => {
-                    tracing::warn!(attempt, error = %e, ?backoff, "commit failed; retrying");
-                    std::thread::sleep(backoff);
-                }
-                CommitFailure::Abortable(e) => {
-                    tracing::warn!(attempt, error = %e, ?backoff, "commit failed; aborting and writing the transaction again");
-                    self.producer
-                        .abort_transaction(Timeout::After(FLUSH_TIMEOUT))
-                        .map_err(|e| format!("cannot abort the failed transaction: {e}"))?;
-                    self.in_transaction = false;
-                    self.progress_sent = false;
-                    std::thread::sleep(backoff);
-                    // The abort purged the transaction's queued records; their delivery
-                    // reports are failures of a transaction that is written again below.
-                    let _ = self.producer.flush(Timeout::After(FLUSH_TIMEOUT));
-                    self.first_error
-                        .lock()
-                        .expect("no thread panics holding the delivery lock")
-                        .take();
-                    self.begin()?;
-                    for record in std::mem::take(&mut self.batch) {
-                        self.send_record(&record);
-                        self.batch.push(record);
-                    }
-                }
-            }
-        }
-    }
-
-    fn abort(&mut self) {
-        self.batch.clear();
-        self.progress_sent = false;
-        self.abort_open();
-    }
-}
-
-/// Why a commit failed, and what may be done about it.
-enum CommitFailure {
-    /// Try committing again.
-    Retriable(String),
-    /// Abort the transaction, write it again, commit again.
-    Abortable(String),
-    /// Stop: a newer incarnation fenced this one, or the producer is unusable.
-    Fatal(String),
-}
-
-impl CommitFailure {
-    fn message(&self) -> &str {
-        match self {
-            CommitFailure::Retriable(m) | CommitFailure::Abortable(m) | CommitFailure::Fatal(m) => {
-                m
-            }
-        }
-    }
-
-    fn of(e: KafkaError) -> CommitFailure {
-        let message = format!("commit failed: {e}");
-        match &e {
-            KafkaError::Transaction(t) if t.is_retriable() => CommitFailure::Retriable(message),
-            KafkaError::Transaction(t) if t.txn_requires_abort() => {
-                CommitFailure::Abortable(message)
-            }
-            _ => CommitFailure::Fatal(message),
-        }
-    }
-}
-
-/// How often a commit is tried before the run fails.
-const MAX_COMMIT_ATTEMPTS: u32 = 8;
-
-impl KafkaWriter {
-    fn send_record(&mut self, record: &OutRecord) {
         let topic = &self.topics.names[record.topic as usize];
         let mut r = BaseRecord::<[u8], [u8]>::to(topic)
             .partition(record.partition)
@@ -346,6 +186,55 @@ impl KafkaWriter {
                     return;
                 }
             }
+        }
+    }
+
+    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+        self.begin()?;
+        let payload = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
+        let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
+            .partition(0)
+            .key(&self.progress_key)
+            .payload(&payload);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
+        crate::fault::point("before-commit");
+        if self.transactional {
+            self.producer
+                .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
+                .map_err(|e| format!("commit failed: {e}"))?;
+            self.in_transaction = false;
+        } else {
+            self.producer
+                .flush(Timeout::After(FLUSH_TIMEOUT))
+                .map_err(|e| format!("producer flush failed: {e}"))?;
+        }
+        match self
+            .first_error
+            .lock()
+            .expect("no thread panics holding the delivery lock")
+            .take()
+        {
+            Some(e) => Err(e),
+            None => {
+                crate::fault::point("after-commit");
+                Ok(())
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if self.transactional && self.in_transaction {
+            if let Err(e) = self
+                .producer
+                .abort_transaction(Timeout::After(FLUSH_TIMEOUT))
+            {
+                tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
+            }
+            self.in_transaction = false;
+        } else if let Err(e) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
+            tracing::warn!(error = %e, "could not flush on stop");
         }
     }
 }
