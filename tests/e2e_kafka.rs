@@ -262,13 +262,23 @@ fn trades_dataflow(
     path
 }
 
+/// Generated trades: per partition, (message key, record).
+type Generated = Vec<Vec<(Option<Vec<u8>>, Input)>>;
+
+/// Splits generated trades into what is sent to Kafka and what the test knows of it.
+fn split(data: Generated) -> (Vec<Vec<KeyValue>>, Vec<Vec<Input>>) {
+    data.into_iter()
+        .map(|p| {
+            p.into_iter()
+                .map(|(k, i)| ((k, i.payload.clone()), i))
+                .unzip()
+        })
+        .unzip()
+}
+
 /// Trades over `partitions`, with about 1% invalid and 1% late records, and the hostile
 /// inputs every stream processor meets.
-fn trades(
-    seed: u64,
-    partitions: usize,
-    per_partition: usize,
-) -> Vec<Vec<(Option<Vec<u8>>, Input)>> {
+fn trades(seed: u64, partitions: usize, per_partition: usize) -> Generated {
     let mut rng = StdRng::seed_from_u64(seed);
     let statuses = ["pending", "filled", "cancelled"];
     (0..partitions)
@@ -350,19 +360,8 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
         unique("late"),
     );
     create_topic(&input, PARTITIONS as i32);
-    let records: Vec<Vec<KeyValue>> = data
-        .iter()
-        .map(|p| {
-            p.iter()
-                .map(|(k, i)| (k.clone(), i.payload.clone()))
-                .collect()
-        })
-        .collect();
+    let (records, inputs) = split(data);
     produce(&input, &records);
-    let inputs: Vec<Vec<Input>> = data
-        .into_iter()
-        .map(|p| p.into_iter().map(|(_, i)| i).collect())
-        .collect();
     let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
     let total: usize = inputs.iter().map(Vec::len).sum();
     assert!(total >= 100_000);
@@ -674,17 +673,10 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
     let data = trades(4242, PARTITIONS, 26_250);
     let (input, out, dlq, late) = (unique("chaos"), unique("w"), unique("d"), unique("l"));
     create_topic(&input, PARTITIONS as i32);
-    let records: Vec<Vec<KeyValue>> = data
-        .iter()
-        .map(|p| {
-            p.iter()
-                .map(|(k, i)| (k.clone(), i.payload.clone()))
-                .collect()
-        })
-        .collect();
-    let split = 26_250 * 7 / 10;
-    let first: Vec<Vec<KeyValue>> = records.iter().map(|p| p[..split].to_vec()).collect();
-    let rest: Vec<Vec<KeyValue>> = records.iter().map(|p| p[split..].to_vec()).collect();
+    let (records, inputs) = split(data);
+    let cut = 26_250 * 7 / 10;
+    let first: Vec<Vec<KeyValue>> = records.iter().map(|p| p[..cut].to_vec()).collect();
+    let rest: Vec<Vec<KeyValue>> = records.iter().map(|p| p[cut..].to_vec()).collect();
     produce(&input, &first);
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -754,10 +746,6 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 
-    let inputs: Vec<Vec<Input>> = data
-        .into_iter()
-        .map(|p| p.into_iter().map(|(_, i)| i).collect())
-        .collect();
     let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
     let got = committed(&out, &dlq, &late);
     assert_matches(&got, &expected, "after SIGKILL chaos");
@@ -780,19 +768,8 @@ fn fault_points_then_restart_are_exactly_once() {
     let data = trades(777, PARTITIONS, 9_000);
     let (input, out, dlq, late) = (unique("faults"), unique("w"), unique("d"), unique("l"));
     create_topic(&input, PARTITIONS as i32);
-    let records: Vec<Vec<KeyValue>> = data
-        .iter()
-        .map(|p| {
-            p.iter()
-                .map(|(k, i)| (k.clone(), i.payload.clone()))
-                .collect()
-        })
-        .collect();
+    let (records, inputs) = split(data);
     produce(&input, &records);
-    let inputs: Vec<Vec<Input>> = data
-        .into_iter()
-        .map(|p| p.into_iter().map(|(_, i)| i).collect())
-        .collect();
     let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
 
     let dir = tempfile::tempdir().expect("temp dir");
