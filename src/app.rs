@@ -190,11 +190,7 @@ pub fn run(
                     StartFrom::Earliest => low,
                     StartFrom::Latest => high,
                 };
-                Position {
-                    partition: p,
-                    offset,
-                    max_seen: None,
-                }
+                Position::start(p, offset)
             }
         };
         starts.insert(p, position);
@@ -203,10 +199,8 @@ pub fn run(
     let template = Progress {
         dataflow: spec.name.clone(),
         fingerprint,
-        worker: 0,
         workers: options.workers,
-        frontier: 0,
-        positions: Default::default(),
+        ..Progress::default()
     };
     tracing::info!(
         dataflow = %spec.name,
@@ -307,7 +301,7 @@ fn run_worker(
             worker: index,
             ..template.clone()
         },
-        recovered_frontier: recovery.frontiers.get(index).copied().unwrap_or(0),
+        recovered_frontiers: recovery.frontiers.clone(),
         commit_interval: config.commit_interval,
     };
     tracing::info!(
@@ -320,6 +314,7 @@ fn run_worker(
         spec,
         topics,
         reader,
+        recovery.replay.clone(),
         Rc::clone(&writer),
         sink_config,
         options.control.clone(),

@@ -10,6 +10,7 @@
 //! and on in-memory partitions in the reference tests.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use timely::worker::Worker;
 
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, Topics};
-use crate::progress::{self, Progress, Recovery};
+use crate::progress::{self, Progress, Recovery, Replay};
 use crate::sink::memory::{Committed, MemoryWriter};
 use crate::sink::{self, SinkConfig, SinkState, Writer};
 use crate::source::memory::{MemoryReader, Payloads};
@@ -36,6 +37,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
     spec: Rc<PipelineSpec>,
     topics: Rc<Topics>,
     reader: R,
+    replay: BTreeMap<i32, Replay>,
     writer: Rc<RefCell<W>>,
     sink_config: SinkConfig,
     control: SourceControl,
@@ -51,6 +53,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             Rc::clone(&spec),
             Rc::clone(&topics),
             reader,
+            replay,
             control,
             metrics.clone(),
         );
@@ -84,6 +87,8 @@ pub struct MemoryRun {
     pub fail_after_commits: Option<usize>,
     /// Commit interval.
     pub commit_interval: Duration,
+    /// Partitions that go quiet: (partition, at offset, for how long).
+    pub stalls: Vec<(i32, usize, Duration)>,
 }
 
 /// Runs `spec` over in-memory partitions until it completes or a commit fails; returns
@@ -107,23 +112,27 @@ pub fn run_in_memory_with(
             .cloned()
             .collect();
         let writer = MemoryWriter::new(Arc::clone(&committed), run.fail_after_commits);
+        let mut reader = MemoryReader::new(mine, run.chunk);
+        for (partition, offset, pause) in &run.stalls {
+            reader = reader.stall(*partition, *offset, *pause);
+        }
         let sink_config = SinkConfig {
             template: Progress {
                 dataflow: spec.name.clone(),
                 fingerprint: fingerprint.clone(),
                 worker: index,
                 workers: peers,
-                frontier: 0,
-                positions: Default::default(),
+                ..Progress::default()
             },
-            recovered_frontier: run.recovery.frontiers.get(index).copied().unwrap_or(0),
+            recovered_frontiers: run.recovery.frontiers.clone(),
             commit_interval: run.commit_interval,
         };
         let state = build(
             worker,
             Rc::new(spec.clone()),
             Rc::new(topics.clone()),
-            MemoryReader::new(mine, run.chunk).resume(&run.recovery.positions),
+            reader.resume(&run.recovery.positions),
+            run.recovery.replay.clone(),
             Rc::new(RefCell::new(writer)),
             sink_config,
             SourceControl::default(),
@@ -177,6 +186,7 @@ pub fn run_in_memory(
         recovery: Recovery::fresh(workers),
         fail_after_commits: None,
         commit_interval: Duration::from_millis(1),
+        stalls: Vec::new(),
     };
     run_in_memory_with(spec, topics, partitions, &run, Arc::clone(&committed))?;
     let records = std::mem::take(

@@ -14,9 +14,24 @@
 //!
 //! Recovery. Read every worker's latest record (`read_committed`); the least frontier
 //! `F_min` picks the record whose positions every partition restarts from, with its
-//! `max_seen` restored; each worker then drops the outputs below its own frontier, which it
-//! had committed, and everything at or above is produced again, identically, because the
-//! dataflow is deterministic.
+//! `max_seen` and watermark restored; each worker then drops the outputs below its own
+//! frontier, which it had committed, and everything at or above is produced again,
+//! identically, because the dataflow is deterministic.
+//!
+//! Idleness. The one input to the dataflow that is not in the partitions is the wall clock:
+//! a partition idle for `idle_timeout` stops holding the watermark back, and when it wakes
+//! its records are judged against the watermark it was left behind by. Those decisions
+//! are recorded as [`WatermarkMove`]s: whenever a source worker's watermark rises to `h`,
+//! it sends, for each of its partitions, "from offset `o` (the next to read) on, this
+//! partition's watermark is at least `h`" — flagged `idle` when the partition's own
+//! watermark is below `h`, that is when it is idle. A commit at frontier `F` records every
+//! idle move sent below `F` and, per partition, the latest move sent below `F` (`passed`:
+//! from its offset on, everything was read with the watermark at or above `F`). A resumed
+//! partition replays the idle moves at their offsets and never turns idle before its
+//! `passed` offset, where it takes that move's watermark; from there on, everything it
+//! produces is at or above every committed frontier, so new idleness decisions are free.
+//! Idle moves below the positions of the least frontier any worker is known to have
+//! committed are pruned.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,19 +54,78 @@ pub struct Position {
     pub offset: i64,
     /// Greatest event time read before `offset`, if any.
     pub max_seen: Option<u64>,
+    /// The partition's watermark after reading up to `offset` (idleness can have raised it
+    /// above `max_seen − max_out_of_orderness`).
+    #[serde(default)]
+    pub watermark: u64,
 }
 
 impl Position {
-    /// The earliest timestamp at which this position is valid: `max_seen + reach + 1`
-    /// (any time, when nothing was read before it).
+    /// A position at `offset` with nothing read before it.
+    pub fn start(partition: i32, offset: i64) -> Position {
+        Position {
+            partition,
+            offset,
+            max_seen: None,
+            watermark: 0,
+        }
+    }
+
+    /// The earliest timestamp at which this position is valid: past every window a record
+    /// before it can reach (`max_seen + reach`) and every watermark its dead letters and late
+    /// records were written at.
     pub fn valid_from(&self, reach_ms: u64) -> u64 {
-        self.max_seen
-            .map_or(0, |m| m.saturating_add(reach_ms).saturating_add(1))
+        let windows = self
+            .max_seen
+            .map_or(0, |m| m.saturating_add(reach_ms).saturating_add(1));
+        let side = if self.watermark > 0 {
+            self.watermark.saturating_add(1)
+        } else {
+            0
+        };
+        windows.max(side)
     }
 }
 
+/// From `offset` on, the records of `partition` were read with its watermark at or above
+/// `watermark`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WatermarkMove {
+    /// Input partition.
+    pub partition: i32,
+    /// The next offset to read when the watermark moved.
+    pub offset: i64,
+    /// Where the watermark moved to.
+    pub watermark: u64,
+}
+
+/// What the sources tell the sinks about their partitions (broadcast).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Note {
+    /// A restart position, sent at the time from which it is valid.
+    Position(Position),
+    /// The source's watermark moved, sent at the time it moved from; `idle`: the partition
+    /// was left behind (its own watermark is lower), so the move is a decision to replay.
+    Moved {
+        /// The move.
+        to: WatermarkMove,
+        /// Whether the partition was idle.
+        idle: bool,
+    },
+}
+
+/// How a resumed partition replays the idleness decisions of the run that committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Before reading each offset, raise the watermark to at least this.
+    pub moves: BTreeMap<i64, u64>,
+    /// Until this offset the partition never turns idle; there its watermark rises to at
+    /// least the given one, and the replay is over.
+    pub until: Option<(i64, u64)>,
+}
+
 /// One worker's committed progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// The dataflow's name.
     pub dataflow: String,
@@ -65,6 +139,12 @@ pub struct Progress {
     pub frontier: u64,
     /// A restart position for every input partition, valid for `frontier`.
     pub positions: BTreeMap<i32, Position>,
+    /// Idleness decisions (sent below `frontier`) that a replay must repeat.
+    #[serde(default)]
+    pub idle_moves: Vec<WatermarkMove>,
+    /// Per input partition, the latest watermark move sent below `frontier`.
+    #[serde(default)]
+    pub passed: BTreeMap<i32, WatermarkMove>,
 }
 
 /// The progress topic of an application.
@@ -93,6 +173,9 @@ pub struct Recovery {
     pub frontiers: Vec<u64>,
     /// Restart positions, from the record with the least frontier; empty: start fresh.
     pub positions: BTreeMap<i32, Position>,
+    /// What each partition replays: the idle moves of every record, and where the record
+    /// with the greatest frontier says the replay ends.
+    pub replay: BTreeMap<i32, Replay>,
 }
 
 impl Recovery {
@@ -101,6 +184,7 @@ impl Recovery {
         Recovery {
             frontiers: vec![0; workers],
             positions: BTreeMap::new(),
+            replay: BTreeMap::new(),
         }
     }
 
@@ -142,6 +226,26 @@ impl Recovery {
             && let Some(p) = records.get(&w)
         {
             recovery.positions = p.positions.clone();
+        }
+        // Decisions are facts: every record holds those sent below its frontier, so their
+        // union holds every one below the greatest frontier.
+        for p in records.values() {
+            for m in &p.idle_moves {
+                let slot = recovery
+                    .replay
+                    .entry(m.partition)
+                    .or_default()
+                    .moves
+                    .entry(m.offset)
+                    .or_insert(m.watermark);
+                *slot = (*slot).max(m.watermark);
+            }
+        }
+        if let Some(greatest) = records.values().max_by_key(|p| p.frontier) {
+            for (partition, m) in &greatest.passed {
+                recovery.replay.entry(*partition).or_default().until =
+                    Some((m.offset, m.watermark));
+            }
         }
         Ok(recovery)
     }
@@ -260,9 +364,11 @@ mod tests {
                     partition: 0,
                     offset,
                     max_seen: Some(10),
+                    watermark: 0,
                 },
             )]
             .into(),
+            ..Progress::default()
         }
     }
 
@@ -297,6 +403,7 @@ mod tests {
             partition: 0,
             offset: 5,
             max_seen: Some(1_000),
+            watermark: 0,
         };
         assert_eq!(p.valid_from(70_000), 71_001);
         assert_eq!(
@@ -307,5 +414,33 @@ mod tests {
             .valid_from(70_000),
             0
         );
+    }
+
+    #[test]
+    fn recovery_replays_every_idle_move_and_ends_where_the_greatest_frontier_says() {
+        let mv = |partition, offset, watermark| WatermarkMove {
+            partition,
+            offset,
+            watermark,
+        };
+        let mut a = record(0, 500, 40);
+        a.idle_moves = vec![mv(0, 42, 450), mv(1, 7, 300)];
+        a.passed = [(0, mv(0, 60, 500))].into();
+        let mut b = record(1, 900, 70);
+        b.idle_moves = vec![mv(0, 42, 800), mv(0, 75, 850)];
+        b.passed = [(0, mv(0, 80, 900)), (1, mv(1, 9, 950))].into();
+        let r = Recovery::from_records(&[(0, a), (1, b)].into(), 2, "f").expect("compatible");
+        assert_eq!(
+            r.positions[&0].offset, 40,
+            "positions of the least frontier"
+        );
+        assert_eq!(
+            r.replay[&0].moves,
+            [(42, 800), (75, 850)].into(),
+            "the union, the greatest watermark per offset"
+        );
+        assert_eq!(r.replay[&0].until, Some((80, 900)));
+        assert_eq!(r.replay[&1].moves, [(7, 300)].into());
+        assert_eq!(r.replay[&1].until, Some((9, 950)));
     }
 }

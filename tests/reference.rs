@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Expected, Input, Win, absorb, assert_matches, recompute};
+use common::{Expected, Input, Win, absorb, assert_matches, recompute, recompute_with_late};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
@@ -34,6 +34,10 @@ const PARTITIONS: i32 = 5;
 const OUT_PARTITIONS: i32 = 3;
 
 fn spec() -> PipelineSpec {
+    spec_idle_after("1h")
+}
+
+fn spec_idle_after(idle_timeout: &str) -> PipelineSpec {
     let text = format!(
         r#"
 name = "reference"
@@ -43,7 +47,7 @@ event_time_field = "ts"
 key_field = "k"
 id_field = "id"
 max_out_of_orderness = {OOO_MS}
-idle_timeout = "1h"
+idle_timeout = "{idle_timeout}"
 [validation.fields]
 v = "decimal"
 [[validation.rules]]
@@ -298,6 +302,7 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
                 recovery: recovery.clone(),
                 fail_after_commits: fail_after,
                 commit_interval: Duration::from_millis(1),
+                stalls: Vec::new(),
             };
             let result = pipeline::run_in_memory_with(
                 &spec,
@@ -328,6 +333,7 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
                         workers,
                         frontier: *f,
                         positions: recovery.positions.clone(),
+                        ..Default::default()
                     });
             }
             latest.retain(|_, p| p.frontier > 0);
@@ -351,4 +357,95 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
             "{workers} workers: the committed outputs equal one uninterrupted run's"
         );
     }
+}
+
+/// A partition goes quiet mid-run, long enough to turn idle: the others move the watermark
+/// on, and its records after the pause are judged late against it — a wall-clock decision.
+/// The run crashes at various points and resumes; the resumed partition, which pauses at
+/// another offset this time, must repeat the recorded decisions and no others, so that
+/// across both runs every valid record is in its window or in the late topic, exactly
+/// once, and every window is exact.
+#[test]
+fn idleness_decisions_are_replayed_after_a_crash() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use waterline::pipeline::MemoryRun;
+    use waterline::progress::{self, Recovery};
+    use waterline::sink::memory::Committed;
+
+    let spec = spec_idle_after("2ms");
+    let topics = Topics::new(&spec, |_| OUT_PARTITIONS);
+    let workers = 2;
+    let input = generate(21, 3_000);
+    let parts: Vec<(i32, Vec<Option<Vec<u8>>>)> = input
+        .iter()
+        .enumerate()
+        .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
+        .collect();
+    let without_idleness = recompute(&input, OOO_MS, &WINDOWS);
+    let stalls = vec![(1, 300, Duration::from_millis(200))];
+    let resumed_stalls = vec![(1, 150, Duration::from_millis(100))];
+    let mut idled = 0;
+    for fail_after in [2, 3, 6, 10, 20, 30, 45, 60, 80] {
+        let mut all: Vec<OutRecord> = Vec::new();
+        let mut recovery = Recovery::fresh(workers);
+        for crash in [Some(fail_after), None] {
+            let committed = Arc::new(Mutex::new(Committed::default()));
+            let run = MemoryRun {
+                workers,
+                chunk: 20,
+                recovery: recovery.clone(),
+                fail_after_commits: crash,
+                commit_interval: Duration::from_millis(1),
+                // The resumed run pauses elsewhere: left to itself, it would find the
+                // partition idle where it was not, and active where it was idle.
+                stalls: if crash.is_some() {
+                    stalls.clone()
+                } else {
+                    resumed_stalls.clone()
+                },
+            };
+            let result = pipeline::run_in_memory_with(
+                &spec,
+                &topics,
+                parts.clone(),
+                &run,
+                Arc::clone(&committed),
+            );
+            if crash.is_none() {
+                result.expect("the resumed run completes");
+            }
+            let c = std::mem::take(&mut *committed.lock().expect("lock"));
+            all.extend(c.records);
+            let mut latest = std::collections::BTreeMap::new();
+            for p in c.progress {
+                latest.insert(p.worker, p);
+            }
+            recovery = Recovery::from_records(&latest, workers, &progress::fingerprint(&spec))
+                .expect("same job");
+        }
+        let got = collect(&all, &topics);
+        assert!(
+            got.late.is_superset(&without_idleness.late),
+            "crash after {fail_after} commits: idleness only adds late records"
+        );
+        eprintln!(
+            "crash after {fail_after} commits: {} late, {} without idleness",
+            got.late.len(),
+            without_idleness.late.len()
+        );
+        if got.late.len() > without_idleness.late.len() {
+            idled += 1;
+        }
+        let expected = recompute_with_late(&input, &WINDOWS, &got.late);
+        assert_matches(
+            &got,
+            &expected,
+            &format!("crash after {fail_after} commits"),
+        );
+    }
+    assert!(
+        idled >= 5,
+        "the quiet partition turned idle and its records were late in most runs ({idled})"
+    );
 }

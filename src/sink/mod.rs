@@ -12,22 +12,30 @@
 //! Each (topic, partition) is written by exactly one worker, so its order does not depend on
 //! scheduling. Outputs below the frontier this worker committed in an earlier run were
 //! committed then and are dropped; see [`crate::progress`] for why that is exactly right.
+//!
+//! After each commit a sink tells the others its frontier (through a feedback loop that
+//! holds nothing back), so that each knows the least frontier any worker has committed:
+//! idle moves below that worker's restart positions can no longer be needed.
 
 pub mod kafka;
 pub mod memory;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{ConnectLoop, Feedback};
+use timely::progress::Antichain;
 
 use crate::output::OutRecord;
-use crate::progress::{Position, Progress};
+use crate::progress::{Note, Position, Progress, WatermarkMove};
 
 /// Where output records go.
 pub trait Writer {
@@ -58,10 +66,95 @@ pub struct SinkState {
 pub struct SinkConfig {
     /// The progress record to fill in (dataflow, fingerprint, worker, workers).
     pub template: Progress,
-    /// Outputs below this were committed by an earlier run of this worker.
-    pub recovered_frontier: u64,
+    /// Each worker's committed frontier when the run started; outputs below this worker's
+    /// were committed by an earlier run.
+    pub recovered_frontiers: Vec<u64>,
     /// How often to commit.
     pub commit_interval: Duration,
+}
+
+impl SinkConfig {
+    /// The frontier this worker committed before the run.
+    pub fn recovered_frontier(&self) -> u64 {
+        self.recovered_frontiers
+            .get(self.template.worker)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// What a sink has learnt from the sources' notes, up to its frontier.
+#[derive(Default)]
+struct Notes {
+    /// The latest restart position of each partition.
+    latest: BTreeMap<i32, Position>,
+    /// Earlier positions, with the time each was sent at, back to the one valid for the
+    /// least frontier any worker committed.
+    history: BTreeMap<i32, VecDeque<(u64, Position)>>,
+    /// Idle moves: partition → offset → watermark.
+    idle: BTreeMap<i32, BTreeMap<i64, u64>>,
+    /// The latest move of each partition.
+    passed: BTreeMap<i32, WatermarkMove>,
+}
+
+impl Notes {
+    fn absorb(&mut self, time: u64, note: Note) {
+        match note {
+            Note::Position(p) => {
+                let slot = self.latest.entry(p.partition).or_insert(p);
+                if p.offset > slot.offset {
+                    *slot = p;
+                }
+                self.history
+                    .entry(p.partition)
+                    .or_default()
+                    .push_back((time, p));
+            }
+            Note::Moved { to, idle } => {
+                self.passed.insert(to.partition, to);
+                if idle {
+                    let slot = self
+                        .idle
+                        .entry(to.partition)
+                        .or_default()
+                        .entry(to.offset)
+                        .or_insert(to.watermark);
+                    *slot = (*slot).max(to.watermark);
+                }
+            }
+        }
+    }
+
+    /// Forgets what no worker can resume from: positions superseded below `least` (the
+    /// least committed frontier), and idle moves before the position valid there.
+    fn prune(&mut self, least: u64) {
+        for (partition, history) in self.history.iter_mut() {
+            while history.len() > 1 && history[1].0 < least {
+                history.pop_front();
+            }
+            let Some((time, oldest)) = history.front() else {
+                continue;
+            };
+            if *time < least
+                && let Some(moves) = self.idle.get_mut(partition)
+            {
+                moves.retain(|offset, _| *offset >= oldest.offset);
+            }
+        }
+    }
+
+    fn idle_moves(&self) -> Vec<WatermarkMove> {
+        self.idle
+            .iter()
+            .flat_map(|(partition, moves)| {
+                moves.iter().map(|(offset, watermark)| WatermarkMove {
+                    partition: *partition,
+                    offset: *offset,
+                    watermark: *watermark,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Routes a record to the worker owning its topic partition.
@@ -72,31 +165,49 @@ pub fn route(record: &OutRecord) -> u64 {
 /// Builds the sink operator.
 pub fn sink<'s, W: Writer + 'static>(
     outputs: StreamVec<'s, u64, OutRecord>,
-    positions: StreamVec<'s, u64, Position>,
+    notes: StreamVec<'s, u64, Note>,
     writer: Rc<RefCell<W>>,
     state: Rc<RefCell<SinkState>>,
     config: SinkConfig,
 ) {
     let scope = outputs.scope();
+    let (loop_handle, loop_stream) = scope.feedback::<Vec<(usize, u64)>>(1);
     let mut builder = OperatorBuilder::new("KafkaSink".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address);
     let mut outputs_in = builder.new_input(outputs, Exchange::new(route));
-    let mut positions_in = builder.new_input(positions.broadcast(), Pipeline);
-    state.borrow_mut().committed = config.recovered_frontier;
+    let mut notes_in = builder.new_input(notes.broadcast(), Pipeline);
+    let unconnected: Vec<(usize, Antichain<u64>)> = Vec::new();
+    let (commits_out, commits_stream) =
+        builder.new_output_connection::<Vec<(usize, u64)>, _>(unconnected.clone());
+    let mut heard = builder.new_input_connection(loop_stream, Pipeline, unconnected);
+    let mut commits_out =
+        OutputBuilder::<u64, CapacityContainerBuilder<Vec<(usize, u64)>>>::from(commits_out);
+    let recovered = config.recovered_frontier();
+    let me = config.template.worker;
+    state.borrow_mut().committed = recovered;
 
-    builder.build(move |_capabilities| {
+    builder.build(move |mut capabilities| {
+        let mut commits_cap = capabilities.pop();
         let mut pending: BTreeMap<u64, Vec<OutRecord>> = BTreeMap::new();
-        let mut pending_positions: BTreeMap<u64, Vec<Position>> = BTreeMap::new();
-        let mut latest: BTreeMap<i32, Position> = BTreeMap::new();
-        let mut committed = config.recovered_frontier;
+        let mut pending_notes: BTreeMap<u64, Vec<Note>> = BTreeMap::new();
+        let mut known = Notes::default();
+        let mut frontiers = config.recovered_frontiers.clone();
+        let mut committed = recovered;
         let mut last_commit = Instant::now();
-        move |frontiers| {
+        move |input_frontiers| {
+            heard.for_each(|_cap, data| {
+                for (worker, frontier) in data.drain(..) {
+                    if let Some(f) = frontiers.get_mut(worker) {
+                        *f = (*f).max(frontier);
+                    }
+                }
+            });
             outputs_in.for_each_stamp(|cap, batches| {
                 let Some(time) = cap.least().copied() else {
                     return;
                 };
-                if time < config.recovered_frontier {
+                if time < recovered {
                     return; // committed by an earlier run
                 }
                 let buffer = pending.entry(time).or_default();
@@ -104,11 +215,11 @@ pub fn sink<'s, W: Writer + 'static>(
                     buffer.append(batch);
                 }
             });
-            positions_in.for_each_stamp(|cap, batches| {
+            notes_in.for_each_stamp(|cap, batches| {
                 let Some(time) = cap.least().copied() else {
                     return;
                 };
-                let buffer = pending_positions.entry(time).or_default();
+                let buffer = pending_notes.entry(time).or_default();
                 for batch in batches {
                     buffer.append(batch);
                 }
@@ -117,7 +228,8 @@ pub fn sink<'s, W: Writer + 'static>(
             if state.borrow().error.is_some() {
                 return;
             }
-            let frontier = frontiers
+            // The frontier of the data inputs (the loop of commits never holds it back).
+            let frontier = input_frontiers[..2]
                 .iter()
                 .map(|f| f.frontier().iter().copied().min().unwrap_or(u64::MAX))
                 .min()
@@ -135,28 +247,38 @@ pub fn sink<'s, W: Writer + 'static>(
                         w.write(r);
                     }
                 }
-                while let Some(entry) = pending_positions.first_entry() {
+                while let Some(entry) = pending_notes.first_entry() {
                     if *entry.key() >= frontier {
                         break;
                     }
-                    for p in entry.remove() {
-                        let slot = latest.entry(p.partition).or_insert(p);
-                        if p.offset > slot.offset {
-                            *slot = p;
-                        }
+                    let time = *entry.key();
+                    for note in entry.remove() {
+                        known.absorb(time, note);
                     }
                 }
+                if let Some(f) = frontiers.get_mut(me) {
+                    *f = committed;
+                }
+                known.prune(frontiers.iter().copied().min().unwrap_or(0));
                 let progress = Progress {
                     frontier,
-                    positions: latest.clone(),
+                    positions: known.latest.clone(),
+                    idle_moves: known.idle_moves(),
+                    passed: known.passed.clone(),
                     ..config.template.clone()
                 };
                 match w.commit(&progress) {
                     Ok(()) => {
-                        tracing::debug!(worker = config.template.worker, frontier, "committed");
+                        tracing::debug!(worker = me, frontier, "committed");
                         committed = frontier;
                         last_commit = Instant::now();
                         state.borrow_mut().committed = frontier;
+                        if let Some(cap) = commits_cap.as_mut() {
+                            commits_out.activate().session(cap).give((me, frontier));
+                            if frontier != u64::MAX {
+                                cap.downgrade(&frontier);
+                            }
+                        }
                     }
                     Err(e) => {
                         state.borrow_mut().error = Some(e);
@@ -165,6 +287,7 @@ pub fn sink<'s, W: Writer + 'static>(
                 }
             }
             if committed == u64::MAX {
+                commits_cap = None;
                 state.borrow_mut().complete = true;
             } else if frontier > committed {
                 activator
@@ -172,4 +295,5 @@ pub fn sink<'s, W: Writer + 'static>(
             }
         }
     });
+    commits_stream.broadcast().connect_loop(loop_handle);
 }

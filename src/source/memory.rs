@@ -1,6 +1,7 @@
 //! An in-memory reader: partitions as vectors of payloads, for tests and benchmarks.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::{Polled, Reader, RecordRef};
 use crate::progress::Position;
@@ -13,7 +14,9 @@ pub type Payloads = Vec<Option<Vec<u8>>>;
 pub struct MemoryReader {
     partitions: Vec<(i32, Payloads, usize)>,
     chunk: usize,
-    restored: BTreeMap<i32, Option<u64>>,
+    restored: BTreeMap<i32, Position>,
+    /// Partition → (offset, how long it stalls there, when the stall began).
+    stalls: BTreeMap<i32, (usize, Duration, Option<Instant>)>,
 }
 
 impl MemoryReader {
@@ -23,7 +26,15 @@ impl MemoryReader {
             partitions: partitions.into_iter().map(|(p, v)| (p, v, 0)).collect(),
             chunk: chunk.max(1),
             restored: BTreeMap::new(),
+            stalls: BTreeMap::new(),
         }
+    }
+
+    /// Makes `partition` deliver nothing for `pause` when it reaches `offset`, as a
+    /// producer that goes quiet would (to exercise idleness).
+    pub fn stall(mut self, partition: i32, offset: usize, pause: Duration) -> Self {
+        self.stalls.insert(partition, (offset, pause, None));
+        self
     }
 
     /// Resumes each partition found in `positions` at its offset, with its `max_seen`.
@@ -31,7 +42,7 @@ impl MemoryReader {
         for (p, _, next) in self.partitions.iter_mut() {
             if let Some(pos) = positions.get(p) {
                 *next = usize::try_from(pos.offset).unwrap_or(0);
-                self.restored.insert(*p, pos.max_seen);
+                self.restored.insert(*p, *pos);
             }
         }
         self
@@ -42,10 +53,11 @@ impl Reader for MemoryReader {
     fn partitions(&self) -> Vec<Position> {
         self.partitions
             .iter()
-            .map(|(p, _, next)| Position {
-                partition: *p,
-                offset: *next as i64,
-                max_seen: self.restored.get(p).copied().flatten(),
+            .map(|(p, _, next)| {
+                self.restored
+                    .get(p)
+                    .copied()
+                    .unwrap_or_else(|| Position::start(*p, *next as i64))
             })
             .collect()
     }
@@ -56,7 +68,17 @@ impl Reader for MemoryReader {
             if *next > records.len() {
                 continue;
             }
-            let stop = (*next + self.chunk).min(records.len());
+            let mut stop = (*next + self.chunk).min(records.len());
+            if let Some((at, pause, began)) = self.stalls.get_mut(p) {
+                if *next < *at {
+                    stop = stop.min(*at);
+                } else if *next == *at && *at < records.len() {
+                    let began = *began.get_or_insert_with(Instant::now);
+                    if began.elapsed() < *pause {
+                        continue;
+                    }
+                }
+            }
             while *next < stop && read < max {
                 f(Polled::Record(RecordRef {
                     partition: *p,

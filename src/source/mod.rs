@@ -40,7 +40,7 @@ use timely::progress::Antichain;
 use crate::codec::{Decoder, Event};
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, SourceRef, Topics};
-use crate::progress::Position;
+use crate::progress::{Note, Position, Replay, WatermarkMove};
 use crate::spec::PipelineSpec;
 use crate::time::watermark::{Hold, Watermarks};
 
@@ -105,26 +105,30 @@ pub struct Announcement {
     pub active: bool,
 }
 
-/// Builds the source operator for worker `worker`.
+/// Builds the source operator for worker `worker`; resumed partitions repeat the idleness
+/// decisions in `replay`.
 ///
 /// Besides its data output, the operator broadcasts an [`Announcement`] whenever its held
 /// time or activity changes, and reads everyone's announcements back through a feedback
 /// loop. That input is not connected to the outputs, so it never holds a frontier back.
+/// Its third output carries the [`Note`]s the sinks record in their progress.
+#[allow(clippy::too_many_arguments)]
 pub fn kafka_like_source<'s, R: Reader + 'static>(
     scope: Scope<'s, u64>,
     worker: usize,
     spec: Rc<PipelineSpec>,
     topics: Rc<Topics>,
     mut reader: R,
+    replay: BTreeMap<i32, Replay>,
     control: SourceControl,
     metrics: Metrics,
-) -> (StreamVec<'s, u64, SourceItem>, StreamVec<'s, u64, Position>) {
+) -> (StreamVec<'s, u64, SourceItem>, StreamVec<'s, u64, Note>) {
     let (loop_handle, loop_stream) = scope.feedback::<Vec<Announcement>>(1);
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
     let info = builder.operator_info();
     let (data_out, data_stream) = builder.new_output::<Vec<SourceItem>>();
     let (announce_out, announce_stream) = builder.new_output::<Vec<Announcement>>();
-    let (positions_out, positions_stream) = builder.new_output::<Vec<Position>>();
+    let (positions_out, positions_stream) = builder.new_output::<Vec<Note>>();
     let no_connection: Vec<(usize, Antichain<u64>)> = Vec::new();
     let mut heard = builder.new_input_connection(loop_stream, Pipeline, no_connection);
     let mut data_out =
@@ -132,7 +136,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
     let mut announce_out =
         OutputBuilder::<u64, CapacityContainerBuilder<Vec<Announcement>>>::from(announce_out);
     let mut positions_out =
-        OutputBuilder::<u64, CapacityContainerBuilder<Vec<Position>>>::from(positions_out);
+        OutputBuilder::<u64, CapacityContainerBuilder<Vec<Note>>>::from(positions_out);
     let activator = scope.activator_for(info.address);
 
     builder.build(move |mut capabilities| {
@@ -154,10 +158,13 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             Instant::now(),
         );
         for s in &starts {
-            if let Some(m) = s.max_seen {
-                watermarks.restore(s.partition, m);
+            watermarks.restore(s.partition, s.max_seen, s.watermark);
+            if let Some(r) = replay.get(&s.partition) {
+                watermarks.replay(s.partition, s.offset, r);
             }
         }
+        // The offset each partition's last watermark move was sent with.
+        let mut moved_at: BTreeMap<i32, i64> = BTreeMap::new();
         let reach = spec.reach_ms();
         // Where each partition stands, and which moved since positions were last sent.
         let mut next: BTreeMap<i32, i64> = starts.iter().map(|s| (s.partition, s.offset)).collect();
@@ -236,6 +243,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             }
                         }
                     }
+                    watermarks.advance(r.partition, r.offset + 1);
                 }
             });
 
@@ -246,9 +254,12 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         partition: p,
                         offset: next.get(&p).copied().unwrap_or_default(),
                         max_seen: watermarks.max_seen(p),
+                        watermark: watermarks.watermark(p),
                     };
                     let at = position.valid_from(reach).max(held);
-                    positions.session(&positions_cap.delayed(&at)).give(position);
+                    positions
+                        .session(&positions_cap.delayed(&at))
+                        .give(Note::Position(position));
                 }
                 let mut out = data_out.activate();
                 if !pending.is_empty() {
@@ -260,7 +271,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         .give_container(&mut items);
                 }
             }
-            let next = match watermarks.hold(now) {
+            let target = match watermarks.hold(now) {
                 Hold::Release => None,
                 Hold::At(t) => Some((t, true)),
                 Hold::Idle(t) => {
@@ -277,8 +288,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             };
             let state = Announcement {
                 worker,
-                held: next.map_or(u64::MAX, |(t, _)| t),
-                active: next.is_some_and(|(_, active)| active),
+                held: target.map_or(u64::MAX, |(t, _)| t),
+                active: target.is_some_and(|(_, active)| active),
             };
             if announced != Some(state)
                 && let Some((_, announce_cap, _)) = caps.as_ref()
@@ -287,12 +298,33 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 announce_out.activate().session(announce_cap).give(state);
                 announced = Some(state);
             }
-            match next {
+            match target {
                 None => caps = None,
                 Some((t, _)) => {
                     if let Some((data_cap, announce_cap, positions_cap)) = caps.as_mut()
                         && t > *data_cap.time()
                     {
+                        // Tell the sinks where each partition stands as the watermark moves,
+                        // at the time it moves from (see `crate::progress`).
+                        let mut notes = positions_out.activate();
+                        let mut session = notes.session(positions_cap);
+                        for (p, offset) in &next {
+                            if watermarks.is_finished(*p) {
+                                continue;
+                            }
+                            let idle = watermarks.watermark(*p) < t;
+                            if idle || moved_at.get(p) != Some(offset) {
+                                moved_at.insert(*p, *offset);
+                                let to = WatermarkMove {
+                                    partition: *p,
+                                    offset: *offset,
+                                    watermark: t,
+                                };
+                                session.give(Note::Moved { to, idle });
+                            }
+                        }
+                        drop(session);
+                        drop(notes);
                         data_cap.downgrade(&t);
                         announce_cap.downgrade(&t);
                         positions_cap.downgrade(&t);

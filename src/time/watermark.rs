@@ -10,11 +10,14 @@
 //! stopped holding back, so its records are judged late against that. A finished partition
 //! (bounded runs: its end offset was reached) never holds anything back again.
 //!
-//! The wall clock enters only through the `now` arguments, so the logic is testable and a
-//! later recovery step can replay the idleness decisions it made.
+//! The wall clock enters only through the `now` arguments, so the logic is testable, and a
+//! resumed partition replays the idleness decisions the committed run made
+//! ([`Watermarks::replay`], [`crate::progress`] explains why that keeps recovery exact).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::progress::Replay;
 
 #[derive(Clone, Debug)]
 struct Partition {
@@ -23,6 +26,8 @@ struct Partition {
     last_data: Instant,
     idle: bool,
     finished: bool,
+    /// Decisions to repeat before the partition may turn idle again.
+    replay: Option<Replay>,
 }
 
 /// What the worker's capability should do.
@@ -44,6 +49,8 @@ pub struct Watermarks {
     idle_timeout: Duration,
     partitions: BTreeMap<i32, Partition>,
     held: u64,
+    /// Partitions still replaying.
+    replays: usize,
 }
 
 impl Watermarks {
@@ -66,6 +73,7 @@ impl Watermarks {
                         last_data: now,
                         idle: false,
                         finished: false,
+                        replay: None,
                     },
                 )
             })
@@ -75,6 +83,7 @@ impl Watermarks {
             idle_timeout,
             partitions,
             held: start,
+            replays: 0,
         }
     }
 
@@ -96,13 +105,70 @@ impl Watermarks {
         part.watermark
     }
 
-    /// Restores `p` as it stood when resuming: `max_seen` read before the resume position.
-    pub fn restore(&mut self, p: i32, max_seen: u64) {
+    /// Restores `p` as it stood when resuming: `max_seen` read before the resume position,
+    /// and the watermark it had there.
+    pub fn restore(&mut self, p: i32, max_seen: Option<u64>, watermark: u64) {
         let ooo = self.max_out_of_orderness;
         if let Some(part) = self.partitions.get_mut(&p) {
-            part.max_seen = Some(max_seen);
-            part.watermark = part.watermark.max(max_seen.saturating_sub(ooo));
+            part.max_seen = max_seen;
+            let own = max_seen.map_or(0, |m| m.saturating_sub(ooo));
+            part.watermark = part.watermark.max(own).max(watermark);
         }
+    }
+
+    /// Makes `p`, resumed at offset `from`, repeat the committed run's idleness decisions:
+    /// its moves at `from` or later are applied at their offsets, and it does not turn idle
+    /// before the replay's end.
+    pub fn replay(&mut self, p: i32, from: i64, replay: &Replay) {
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        if part.replay.is_none() {
+            self.replays += 1;
+        }
+        part.replay = Some(Replay {
+            moves: replay.moves.range(from..).map(|(o, w)| (*o, *w)).collect(),
+            until: replay.until.filter(|(o, _)| *o >= from),
+        });
+        // What is due at `from` is due now: the committed run had it before reading on.
+        self.advance(p, from);
+    }
+
+    /// Called when `next` is the next offset to read from `p` (after each record):
+    /// applies the replayed moves due before it, and ends the replay at its end.
+    pub fn advance(&mut self, p: i32, next: i64) {
+        if self.replays == 0 {
+            return;
+        }
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        let Some(replay) = part.replay.as_mut() else {
+            return;
+        };
+        while let Some(entry) = replay.moves.first_entry() {
+            if *entry.key() > next {
+                break;
+            }
+            part.watermark = part.watermark.max(entry.remove());
+        }
+        let over = match replay.until {
+            Some((until, w)) if next >= until => {
+                part.watermark = part.watermark.max(w);
+                true
+            }
+            Some(_) => false,
+            None => replay.moves.is_empty(),
+        };
+        if over {
+            part.replay = None;
+            self.replays -= 1;
+        }
+    }
+
+    /// Whether `p` still replays the committed run's decisions.
+    pub fn replaying(&self, p: i32) -> bool {
+        self.partitions.get(&p).is_some_and(|x| x.replay.is_some())
     }
 
     /// Notes that `p` has delivered data (of any kind, valid or not) at `now`, without an
@@ -151,7 +217,11 @@ impl Watermarks {
                 continue;
             }
             unfinished = true;
-            if !part.idle && now.saturating_duration_since(part.last_data) >= self.idle_timeout {
+            if !part.idle
+                // Until its replay ends, a partition repeats the committed decisions only.
+                && part.replay.as_ref().is_none_or(|r| r.until.is_none())
+                && now.saturating_duration_since(part.last_data) >= self.idle_timeout
+            {
                 part.idle = true;
             }
             if !part.idle {
@@ -279,5 +349,53 @@ mod tests {
         assert_eq!(w.hold(t0), Hold::At(100));
         w.finish(0);
         assert_eq!(w.hold(t0), Hold::At(900));
+    }
+
+    #[test]
+    fn a_replay_repeats_recorded_moves_and_decides_nothing_new_before_its_end() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new([0, 1], 0, 0, IDLE, t0);
+        w.restore(0, Some(1_000), 1_000);
+        w.restore(1, Some(1_000), 1_000);
+        let replay = Replay {
+            moves: [(5, 4_000), (9, 6_000), (20, 50_000)].into(),
+            until: Some((12, 7_000)),
+        };
+        w.replay(0, 3, &replay);
+        assert_eq!(w.watermark(0), 1_000);
+        w.advance(0, 5);
+        assert_eq!(w.watermark(0), 4_000, "the move at offset 5");
+        w.observe(1, 9_000, t0);
+        assert_eq!(
+            w.hold(t0 + IDLE * 3),
+            Hold::At(4_000),
+            "a replaying partition never turns idle"
+        );
+        w.advance(0, 10);
+        assert_eq!(w.watermark(0), 6_000, "moves passed over are applied");
+        assert!(w.replaying(0));
+        w.advance(0, 12);
+        assert_eq!(w.watermark(0), 7_000, "the end of the replay");
+        assert!(!w.replaying(0));
+        w.observe(1, 9_000, t0 + IDLE * 3);
+        assert_eq!(
+            w.hold(t0 + IDLE * 3),
+            Hold::At(9_000),
+            "after it, idleness is decided anew (moves past the end are not replayed)"
+        );
+    }
+
+    #[test]
+    fn a_replay_that_ends_where_it_resumes_applies_at_once() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new([0], 0, 100, IDLE, t0);
+        w.restore(0, Some(1_000), 900);
+        let replay = Replay {
+            moves: [(3, 2_000), (7, 3_000)].into(),
+            until: Some((7, 3_500)),
+        };
+        w.replay(0, 7, &replay);
+        assert_eq!(w.watermark(0), 3_500);
+        assert!(!w.replaying(0));
     }
 }

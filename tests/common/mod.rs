@@ -74,6 +74,52 @@ pub fn recompute(partitions: &[Vec<Input>], ooo: u64, windows: &[Win]) -> Expect
             }
         }
     }
+    expected.windows = aggregate(accs, windows);
+    expected
+}
+
+/// What the outputs must hold when `late` says which records were late for which window
+/// (when idleness, a wall-clock decision, made some late): every other valid record is in
+/// its windows, exactly once.
+pub fn recompute_with_late(
+    partitions: &[Vec<Input>],
+    windows: &[Win],
+    late: &BTreeSet<(String, i32, i64)>,
+) -> Expected {
+    let mut expected = Expected::default();
+    let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
+    for (p, records) in partitions.iter().enumerate() {
+        for (offset, r) in records.iter().enumerate() {
+            match &r.truth {
+                Err(kind) => {
+                    expected
+                        .dead
+                        .insert((p as i32, offset as i64, kind.to_string()));
+                }
+                Ok((t, key, v)) => {
+                    for w in windows {
+                        let id = (w.name.to_string(), p as i32, offset as i64);
+                        if late.contains(&id) {
+                            expected.late.insert(id);
+                        } else {
+                            accs.entry((w.name.to_string(), key.clone(), t / w.size * w.size))
+                                .or_default()
+                                .push(*v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    expected.windows = aggregate(accs, windows);
+    expected
+}
+
+fn aggregate(
+    accs: BTreeMap<(String, String, u64), Vec<Decimal>>,
+    windows: &[Win],
+) -> BTreeMap<WindowId, Aggregates> {
+    let mut out = BTreeMap::new();
     for (k, values) in accs {
         let count = values.len() as u64;
         let sum: Decimal = values.iter().sum();
@@ -86,9 +132,9 @@ pub fn recompute(partitions: &[Vec<Input>], ooo: u64, windows: &[Win]) -> Expect
             .avg_scale;
         let avg = (sum / Decimal::from(count))
             .round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
-        expected.windows.insert(k, (count, sum, min, max, avg));
+        out.insert(k, (count, sum, min, max, avg));
     }
-    expected
+    out
 }
 
 fn dec(v: &serde_json::Value, field: &str) -> Decimal {
