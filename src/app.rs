@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::output::Topics;
 use crate::pipeline;
 use crate::progress::{self, Position, Progress, Recovery};
+use crate::replay::{StartAt, StopAt};
 use crate::sink::kafka::KafkaWriter;
 use crate::sink::{SinkConfig, Writer};
 use crate::source::SourceControl;
@@ -54,8 +55,13 @@ pub enum RunError {
 pub struct RunOptions {
     /// Worker threads.
     pub workers: usize,
-    /// Stop at the end offsets seen at start.
-    pub stop_at_end: bool,
+    /// Start here instead of the recorded positions or the dataflow's `start_from`.
+    pub from: Option<StartAt>,
+    /// Stop here: close every window, commit and exit (a bounded run).
+    pub until: Option<StopAt>,
+    /// Discard the recorded positions (outputs committed before are still not written
+    /// again).
+    pub reset: bool,
     /// Drain requests.
     pub control: SourceControl,
     /// Set to stop (flush and exit, leaving open windows).
@@ -79,7 +85,8 @@ pub fn run(
     config: Config,
     options: RunOptions,
 ) -> Result<Outcome, RunError> {
-    if options.stop_at_end {
+    let bounded = options.until.is_some();
+    if bounded {
         // In a bounded run every partition has data waiting until it reaches its end, so
         // none is idle: results then depend on the input alone, not on read speed.
         spec.input.idle_timeout = Duration::MAX;
@@ -150,8 +157,32 @@ pub fn run(
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
     let records = progress::read(&config, &progress_topic)?;
-    let recovery = Recovery::from_records(&records, options.workers, &fingerprint)
-        .map_err(RunError::Recovery)?;
+    if !records.is_empty() && options.from.is_some() && !options.reset {
+        return Err(RunError::Recovery(format!(
+            "application `{}` has committed progress, which --from would override; add \
+             --reset to discard its recorded positions (outputs it committed are still not \
+             written again), or run under another app id",
+            config.app_id
+        )));
+    }
+    let mut recovery = Recovery::from_records(
+        &records,
+        options.workers,
+        if options.reset {
+            None
+        } else {
+            Some(&fingerprint)
+        },
+    )
+    .map_err(RunError::Recovery)?;
+    if options.reset && !records.is_empty() {
+        tracing::warn!(
+            progress = %progress_topic,
+            frontiers = ?recovery.frontiers,
+            "--reset: recorded positions discarded; outputs below each worker's committed frontier are not written again"
+        );
+        recovery.positions.clear();
+    }
     crate::fault::point("during-recovery");
     if !records.is_empty() && recovery.frontiers.iter().all(|f| *f == u64::MAX) {
         // Every window of this job was closed and committed: resuming would drop all new
@@ -173,27 +204,82 @@ pub fn run(
             "resuming from committed progress"
         );
     }
-    // Every partition's start, resolved once: the recorded position, or `start_from`
-    // resolved to an exact offset.
+    // Every partition's start and bound, resolved once to exact offsets.
+    let topic = &spec.input.topic;
+    let at_times = |t: i64| offsets_for_time(&probe, topic, input_partitions, t, timeout);
+    let from_time = match &options.from {
+        Some(StartAt::Time(t)) => Some(at_times(*t)?),
+        _ => None,
+    };
     let mut starts = BTreeMap::new();
     for p in 0..input_partitions {
-        let position = match recovery.positions.get(&p) {
-            Some(position) => *position,
-            None => {
-                let (low, high) = probe
-                    .fetch_watermarks(&spec.input.topic, p, timeout)
-                    .map_err(|source| KafkaSetupError::Client {
-                        what: format!("cannot read the offsets of {}/{p}", spec.input.topic),
-                        source,
-                    })?;
-                let offset = match spec.input.start_from {
-                    StartFrom::Earliest => low,
-                    StartFrom::Latest => high,
-                };
-                Position::start(p, offset)
-            }
+        let (low, high) = probe
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|source| KafkaSetupError::Client {
+                what: format!("cannot read the offsets of {topic}/{p}"),
+                source,
+            })?;
+        let default = match spec.input.start_from {
+            StartFrom::Earliest => low,
+            StartFrom::Latest => high,
+        };
+        let position = match (&options.from, recovery.positions.get(&p)) {
+            (None, Some(position)) => *position,
+            (None, None) => Position::start(p, default),
+            (Some(StartAt::Earliest), _) => Position::start(p, low),
+            (Some(StartAt::Latest), _) => Position::start(p, high),
+            (Some(StartAt::Time(_)), _) => Position::start(
+                p,
+                from_time
+                    .as_ref()
+                    .and_then(|o| o.get(&p))
+                    .copied()
+                    .unwrap_or(high),
+            ),
+            (Some(StartAt::Offsets(given)), _) => match given.get(&p) {
+                Some(o) if (low..=high).contains(o) => Position::start(p, *o),
+                Some(o) => {
+                    return Err(RunError::Recovery(format!(
+                        "--from {p}:{o}: partition {p} of `{topic}` holds offsets {low}..{high}"
+                    )));
+                }
+                None => Position::start(p, default),
+            },
         };
         starts.insert(p, position);
+    }
+    if let Some(StartAt::Offsets(given)) = &options.from
+        && let Some(p) = given.keys().find(|p| **p >= input_partitions)
+    {
+        return Err(RunError::Recovery(format!(
+            "--from names partition {p}, but `{topic}` has {input_partitions} partitions"
+        )));
+    }
+    let ends: Option<BTreeMap<i32, i64>> = match &options.until {
+        None => None,
+        Some(StopAt::End) => Some(high_watermarks(&probe, topic, input_partitions, timeout)?),
+        Some(StopAt::Time(t)) => {
+            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            ends.extend(at_times(*t)?);
+            Some(ends)
+        }
+        Some(StopAt::Offsets(given)) => {
+            if let Some(p) = given.keys().find(|p| **p >= input_partitions) {
+                return Err(RunError::Recovery(format!(
+                    "--until names partition {p}, but `{topic}` has {input_partitions} partitions"
+                )));
+            }
+            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            ends.extend(given.iter().map(|(p, o)| (*p, *o)));
+            Some(ends)
+        }
+    };
+    if options.from.is_some() || options.until.is_some() {
+        tracing::info!(
+            starts = ?starts.values().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
+            ends = ?ends,
+            "replay: (partition, offset) to start from, and where to stop"
+        );
     }
     drop(probe);
     let template = Progress {
@@ -207,7 +293,7 @@ pub fn run(
         input = %spec.input.topic,
         partitions = input_partitions,
         workers = options.workers,
-        bounded = options.stop_at_end,
+        bounded,
         "starting"
     );
 
@@ -228,6 +314,7 @@ pub fn run(
                 &options,
                 &abort,
                 (&recovery, &starts, &template, &progress_topic),
+                ends.as_ref(),
             );
             if result.is_err() {
                 abort.store(true, Ordering::SeqCst);
@@ -271,6 +358,7 @@ fn run_worker(
         &Progress,
         &str,
     ),
+    ends: Option<&BTreeMap<i32, i64>>,
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -294,7 +382,7 @@ fn run_worker(
     ));
     // The reader comes after the producer: its partitions are assigned (and fetching
     // starts) only once the transactional producer is ready, which can take a while.
-    let reader = KafkaReader::new(config, &spec.input.topic, &mine, options.stop_at_end, index)
+    let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)
         .map_err(|e| e.to_string())?;
     let sink_config = SinkConfig {
         template: Progress {
@@ -359,4 +447,57 @@ fn run_worker(
         return Err("the dataflow ended before its sink committed everything".into());
     }
     Ok(Outcome::Completed)
+}
+
+fn high_watermarks(
+    probe: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaSetupError> {
+    (0..partitions)
+        .map(|p| {
+            probe
+                .fetch_watermarks(topic, p, timeout)
+                .map(|(_, high)| (p, high))
+                .map_err(|source| KafkaSetupError::Client {
+                    what: format!("cannot read the end offset of {topic}/{p}"),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Each partition's first offset stamped at or after `time_ms`; partitions with no such
+/// record yet are left out.
+fn offsets_for_time(
+    probe: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    time_ms: i64,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaSetupError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(time_ms))
+            .map_err(|source| KafkaSetupError::Client {
+                what: format!("cannot look up offsets by time in `{topic}`"),
+                source,
+            })?;
+    }
+    let found =
+        probe
+            .offsets_for_times(tpl, timeout)
+            .map_err(|source| KafkaSetupError::Client {
+                what: format!("cannot look up offsets by time in `{topic}`"),
+                source,
+            })?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::replay::{StartAt, StopAt};
+
 /// waterline — a Kafka-native stream processor: event-time windows with exact decimal
 /// aggregates, dead letters for bad input, late records routed rather than dropped.
 #[derive(Debug, Parser)]
@@ -40,9 +42,26 @@ pub struct RunArgs {
     #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
     /// Read every partition up to the end offsets seen at start, close every window, flush
-    /// and exit 0 (for tests and backfills).
-    #[arg(long)]
+    /// and exit 0 (the same as --until end).
+    #[arg(long, conflicts_with = "until")]
     pub stop_at_end: bool,
+    /// Start here instead of the committed positions: earliest, latest, an RFC 3339 time
+    /// (each partition's first record stamped at or after it) or <partition>:<offset>,...
+    /// (other partitions start as the dataflow says). Needs --reset when the application
+    /// has committed progress.
+    #[arg(long, value_name = "WHERE")]
+    pub from: Option<StartAt>,
+    /// Backfill: read as fast as possible up to here, close every window, commit and exit 0:
+    /// end (the ends at start), an RFC 3339 time (stop before the first record stamped at
+    /// or after it) or <partition>:<offset>,... (stop before these; other partitions stop
+    /// at their end at start).
+    #[arg(long, value_name = "WHERE")]
+    pub until: Option<StopAt>,
+    /// Discard the recorded positions (with --from: start there; without: where the
+    /// dataflow's start_from says). Outputs committed before are still not written again,
+    /// and the dataflow may have changed.
+    #[arg(long)]
+    pub reset: bool,
     /// Kafka bootstrap servers (overrides the config file and the environment).
     #[arg(long, value_name = "HOST:PORT,...")]
     pub bootstrap: Option<String>,
@@ -160,5 +179,22 @@ mod tests {
         let e = Cli::try_parse_from(["waterline", "run", "--dataflow", "x", "-w", "0"])
             .expect_err("zero workers");
         assert!(e.to_string().contains("--workers"), "{e}");
+        let e = Cli::try_parse_from(["waterline", "run", "-d", "x", "--from", "yesterday"])
+            .expect_err("not a position");
+        assert!(
+            e.to_string().contains("--from") && e.to_string().contains("RFC 3339"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from([
+            "waterline",
+            "run",
+            "-d",
+            "x",
+            "--stop-at-end",
+            "--until",
+            "end",
+        ])
+        .expect_err("two bounds");
+        assert!(e.to_string().contains("--until"), "{e}");
     }
 }

@@ -44,6 +44,8 @@ pub enum ErrorKind {
     InvalidValue,
     /// A validation rule failed.
     RuleViolation,
+    /// A valid record repeating an earlier one's id within the dedupe horizon.
+    Duplicate,
 }
 
 impl ErrorKind {
@@ -59,6 +61,7 @@ impl ErrorKind {
             ErrorKind::WrongType => "wrong_type",
             ErrorKind::InvalidValue => "invalid_value",
             ErrorKind::RuleViolation => "rule_violation",
+            ErrorKind::Duplicate => "duplicate",
         }
     }
 }

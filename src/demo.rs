@@ -178,7 +178,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         config,
         RunOptions {
             workers: args.workers as usize,
-            stop_at_end: false,
+            from: None,
+            until: None,
+            reset: false,
             control,
             shutdown: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),

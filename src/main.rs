@@ -12,6 +12,7 @@ use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
 use waterline::config::{Config, LogFormat};
 use waterline::metrics::Metrics;
+use waterline::replay::StopAt;
 use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
 
@@ -61,7 +62,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 RunOptions {
                     workers: args.workers as usize,
-                    stop_at_end: args.stop_at_end,
+                    from: args.from,
+                    until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
+                    reset: args.reset,
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
                     metrics: Metrics::new(),

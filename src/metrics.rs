@@ -16,6 +16,8 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
     /// (record, window) pairs routed to the late topic.
     pub late_records: IntCounter,
+    /// Records dropped as duplicates of an earlier event id.
+    pub duplicates: IntCounter,
     /// Window results emitted.
     pub windows_emitted: IntCounter,
     /// Records handed to the Kafka producer.
@@ -51,6 +53,10 @@ impl Metrics {
             "late_records_total",
             "Records routed to the late topic, per window they missed.",
         );
+        let duplicates = counter(
+            "duplicates_total",
+            "Records dropped as repeats of an earlier event id within the dedupe horizon.",
+        );
         let windows_emitted = counter("windows_emitted_total", "Final window results emitted.");
         let records_out = counter("records_out_total", "Records handed to the Kafka producer.");
         let delivery_errors = counter("delivery_errors_total", "Kafka producer delivery failures.");
@@ -68,6 +74,7 @@ impl Metrics {
             events_valid,
             dead_letters,
             late_records,
+            duplicates,
             windows_emitted,
             records_out,
             delivery_errors,

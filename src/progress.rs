@@ -188,26 +188,30 @@ impl Recovery {
         }
     }
 
-    /// Combines the latest record of each worker. Refuses a changed worker count or
-    /// dataflow, naming what changed.
+    /// Combines the latest record of each worker. Refuses a changed worker count, and a
+    /// changed dataflow unless `fingerprint` is `None` (a reset), naming what changed.
     pub fn from_records(
         records: &BTreeMap<usize, Progress>,
         workers: usize,
-        fingerprint: &str,
+        fingerprint: Option<&str>,
     ) -> Result<Recovery, String> {
         let mut recovery = Recovery::fresh(workers);
         for (w, p) in records {
             if p.workers != workers {
                 return Err(format!(
                     "the job's progress was committed by {} workers and this run has {workers}; \
-                     run with -w {} (changing the worker count needs a reset of the job's progress)",
+                     run with -w {} (each worker owns its output partitions' commits; a new \
+                     worker count needs a new application id)",
                     p.workers, p.workers
                 ));
             }
-            if p.fingerprint != fingerprint {
+            if let Some(fingerprint) = fingerprint
+                && p.fingerprint != fingerprint
+            {
                 return Err(format!(
                     "the dataflow `{}` changed since its progress was committed (fingerprint {} → {fingerprint}); \
-                     restore it, or reset the job's progress",
+                     restore it, or run with --reset to start the new dataflow from the \
+                     committed frontier",
                     p.dataflow, p.fingerprint
                 ));
             }
@@ -375,7 +379,7 @@ mod tests {
     #[test]
     fn recovery_takes_the_positions_of_the_least_frontier() {
         let records = [(0, record(0, 500, 40)), (1, record(1, 300, 30))].into();
-        let r = Recovery::from_records(&records, 2, "f").expect("compatible");
+        let r = Recovery::from_records(&records, 2, Some("f")).expect("compatible");
         assert_eq!(r.frontiers, vec![500, 300]);
         assert_eq!(r.positions[&0].offset, 30);
     }
@@ -383,7 +387,7 @@ mod tests {
     #[test]
     fn a_worker_that_never_committed_means_a_fresh_start() {
         let records = [(0, record(0, 500, 40))].into();
-        let r = Recovery::from_records(&records, 2, "f").expect("compatible");
+        let r = Recovery::from_records(&records, 2, Some("f")).expect("compatible");
         assert_eq!(r.frontiers, vec![500, 0]);
         assert!(r.positions.is_empty());
     }
@@ -391,9 +395,9 @@ mod tests {
     #[test]
     fn changed_worker_counts_and_dataflows_are_refused() {
         let records = [(0, record(0, 500, 40))].into();
-        let e = Recovery::from_records(&records, 4, "f").expect_err("worker count changed");
+        let e = Recovery::from_records(&records, 4, Some("f")).expect_err("worker count changed");
         assert!(e.contains("2 workers") && e.contains("-w 2"), "{e}");
-        let e = Recovery::from_records(&records, 2, "g").expect_err("dataflow changed");
+        let e = Recovery::from_records(&records, 2, Some("g")).expect_err("dataflow changed");
         assert!(e.contains("changed"), "{e}");
     }
 
@@ -429,7 +433,7 @@ mod tests {
         let mut b = record(1, 900, 70);
         b.idle_moves = vec![mv(0, 42, 800), mv(0, 75, 850)];
         b.passed = [(0, mv(0, 80, 900)), (1, mv(1, 9, 950))].into();
-        let r = Recovery::from_records(&[(0, a), (1, b)].into(), 2, "f").expect("compatible");
+        let r = Recovery::from_records(&[(0, a), (1, b)].into(), 2, Some("f")).expect("compatible");
         assert_eq!(
             r.positions[&0].offset, 40,
             "positions of the least frontier"

@@ -26,6 +26,9 @@
 //! grace = "10s"
 //! field = "amount"
 //! aggregates = ["count", "sum", "min", "max", "avg"]
+//! [dedupe]                        # optional: drop repeated event ids
+//! horizon = "5m"
+//! dead_letter = true
 //! [output]
 //! topic = "trades-windows"
 //! dead_letter_topic = "trades-dead-letters"
@@ -263,6 +266,19 @@ pub struct OutputSpec {
     pub partitions: i32,
 }
 
+/// Dropping repeated events: a record is a duplicate when an earlier record of the same
+/// partition has the same id and an event time at most `horizon` apart. The first in
+/// offset order wins, so the choice does not depend on timing. Producer retries and
+/// re-sent events land in the partition of their key, which is where they are looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupeSpec {
+    /// How far apart in event time two records with the same id are still one event, ms.
+    pub horizon_ms: u64,
+    /// Write each duplicate to the dead-letter topic (kind `duplicate`); otherwise they are
+    /// only counted.
+    pub dead_letter: bool,
+}
+
 /// A validated dataflow.
 #[derive(Clone, Debug)]
 pub struct PipelineSpec {
@@ -277,6 +293,8 @@ pub struct PipelineSpec {
     pub numeric_fields: Vec<usize>,
     /// The windows, in file order.
     pub windows: Vec<WindowSpec>,
+    /// Duplicate dropping, when configured.
+    pub dedupe: Option<DedupeSpec>,
     /// Output topics.
     pub output: OutputSpec,
 }
@@ -315,8 +333,16 @@ impl PipelineSpec {
     }
 
     /// The longest span of event time over which one record can still change an output:
-    /// the largest window size plus grace.
+    /// the largest window size plus grace, plus the dedupe horizon (a record can make a
+    /// later one a duplicate).
     pub fn reach_ms(&self) -> u64 {
+        self.window_reach_ms()
+            .saturating_add(self.dedupe.map_or(0, |d| d.horizon_ms))
+    }
+
+    /// The largest window size plus grace: no record more than this behind the watermark
+    /// can reach a window still open.
+    pub fn window_reach_ms(&self) -> u64 {
         self.windows
             .iter()
             .map(|w| match w.kind {
@@ -476,6 +502,25 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         o.finish(problems);
     }
 
+    let mut dedupe = None;
+    if let Some(d) = top.table("dedupe", false, problems) {
+        let horizon = d.duration("horizon", problems);
+        let dead_letter = d.opt_bool("dead_letter", problems).unwrap_or(false);
+        match horizon {
+            Some(h) if h.is_zero() => {
+                problems.field(&d.path_of("horizon"), "must be greater than zero");
+            }
+            Some(h) => {
+                dedupe = Some(DedupeSpec {
+                    horizon_ms: millis(h),
+                    dead_letter,
+                });
+            }
+            None => {}
+        }
+        d.finish(problems);
+    }
+
     let mut numeric_fields: Vec<usize> = Vec::new();
     let mut windows = Vec::new();
     let window_tables = top.tables("windows", problems);
@@ -507,6 +552,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         },
         numeric_fields,
         windows,
+        dedupe,
         output: output?,
     })
 }
@@ -724,6 +770,18 @@ mod tests {
         assert_eq!(spec.input.topic, "trades");
         assert_eq!(spec.time_field().name, "timestamp");
         assert!(!spec.windows.is_empty());
+        assert_eq!(
+            spec.dedupe,
+            Some(DedupeSpec {
+                horizon_ms: 300_000,
+                dead_letter: true
+            })
+        );
+        assert_eq!(
+            spec.reach_ms(),
+            70_000 + 300_000,
+            "window size + grace + dedupe horizon"
+        );
     }
 
     #[test]
@@ -747,6 +805,9 @@ name = "w"
 kind = "hopping"
 aggregates = ["count", "median"]
 colour = "blue"
+[dedupe]
+horizon = "0s"
+dead_letters = true
 [output]
 topic = "o"
 late_topic = "l"
@@ -762,9 +823,11 @@ late_topic = "l"
             "`windows[0].aggregates[1]`: unknown aggregate `median`",
             "`windows[0].colour`: is not a known setting",
             "`output.dead_letter_topic`: is required",
+            "`dedupe.horizon`: must be greater than zero",
+            "`dedupe.dead_letters`: is not a known setting",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 8, "{all}");
+        assert_eq!(err.problems.len(), 10, "{all}");
     }
 }

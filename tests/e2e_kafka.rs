@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Expected, Input, Win, absorb, assert_matches, recompute};
+use common::{Dedupe, Expected, Input, Win, absorb, assert_matches, recompute_deduped};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -232,6 +232,11 @@ const TRADES_WINDOW: Win = Win {
     avg_scale: 2,
 };
 const TRADES_OOO_MS: u64 = 5_000;
+const TRADES_DEDUPE: Dedupe = Dedupe {
+    field: "trade_id",
+    horizon: 300_000,
+    dead_letter: true,
+};
 
 /// Writes the shipped trades dataflow with this test's topics.
 fn trades_dataflow(
@@ -245,6 +250,7 @@ fn trades_dataflow(
         SHIPPED.contains("max_out_of_orderness = \"5s\"")
             && SHIPPED.contains("size = \"1m\"")
             && SHIPPED.contains("grace = \"10s\"")
+            && SHIPPED.contains("horizon = \"5m\"\ndead_letter = true")
     );
     let text = SHIPPED
         .replace("topic = \"trades\"", &format!("topic = \"{input}\""))
@@ -327,9 +333,54 @@ fn trades(seed: u64, partitions: usize, per_partition: usize) -> Generated {
                     }
                     (key, Input { payload: Some(good.into_bytes()), truth: Ok((time, symbol, amount)) })
                 })
-                .collect()
+                .collect::<Vec<_>>()
         })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|records| with_duplicates(&mut rng, records))
         .collect()
+}
+
+/// Adds what producer retries and careless upstreams do: about 0.5% byte-for-byte copies
+/// of a recent trade (a retry), and 0.3% trades that reuse an earlier trade's id for a new
+/// event (a duplicate only within the dedupe horizon).
+fn with_duplicates(
+    rng: &mut StdRng,
+    records: Vec<(Option<Vec<u8>>, Input)>,
+) -> Vec<(Option<Vec<u8>>, Input)> {
+    let mut out: Vec<(Option<Vec<u8>>, Input)> = Vec::with_capacity(records.len() * 101 / 100);
+    let mut valid: Vec<usize> = Vec::new();
+    let id_of = |payload: &[u8]| -> String {
+        let v: serde_json::Value = serde_json::from_slice(payload).expect("a valid trade is JSON");
+        v["trade_id"].as_str().expect("a trade id").to_string()
+    };
+    for (key, mut input) in records {
+        let small = input.payload.as_ref().is_some_and(|p| p.len() < 10_000);
+        if input.truth.is_ok() && small && !valid.is_empty() && rng.random_bool(0.003) {
+            let back = rng.random_range(1..=valid.len().min(20_000));
+            let earlier = out[valid[valid.len() - back]]
+                .1
+                .payload
+                .as_deref()
+                .expect("valid");
+            let (old, new) = (
+                id_of(input.payload.as_deref().expect("valid")),
+                id_of(earlier),
+            );
+            let payload = String::from_utf8(input.payload.take().expect("valid")).expect("UTF-8");
+            input.payload = Some(payload.replacen(&old, &new, 1).into_bytes());
+        }
+        if input.truth.is_ok() && small {
+            valid.push(out.len());
+        }
+        out.push((key, input));
+        if !valid.is_empty() && rng.random_bool(0.005) {
+            let back = rng.random_range(1..=valid.len().min(200));
+            let copy = out[valid[valid.len() - back]].clone();
+            out.push(copy);
+        }
+    }
+    out
 }
 
 #[test]
@@ -362,7 +413,7 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
     create_topic(&input, PARTITIONS as i32);
     let (records, inputs) = split(data);
     produce(&input, &records);
-    let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
     let total: usize = inputs.iter().map(Vec::len).sum();
     assert!(total >= 100_000);
     assert!(
@@ -418,9 +469,8 @@ fn trades_end_to_end(workers: &str, config: Option<&std::path::Path>) {
     let mut originals = BTreeMap::new();
     for (p, records) in inputs.iter().enumerate() {
         for (o, r) in records.iter().enumerate() {
-            if r.truth.is_err() {
-                originals.insert((p as i64, o as i64), r.payload.clone().unwrap_or_default());
-            }
+            // Invalid records and duplicates become dead letters.
+            originals.insert((p as i64, o as i64), r.payload.clone().unwrap_or_default());
         }
     }
     for (topic, key, payload) in consume_all(&[&out, &dlq, &late]) {
@@ -746,12 +796,15 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 
-    let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
     let got = committed(&out, &dlq, &late);
     assert_matches(&got, &expected, "after SIGKILL chaos");
+    let records: usize = inputs.iter().map(Vec::len).sum();
+    let duplicates = expected.dead.iter().filter(|d| d.2 == "duplicate").count();
+    assert!(duplicates > 500, "the input has duplicates ({duplicates})");
     eprintln!(
-        "chaos: {kills} kills with SIGKILL, 210000 records in; committed output equals the recomputation exactly \
-         ({} windows, {} dead letters, {} late records, no duplicates, nothing missing)",
+        "chaos: {kills} kills with SIGKILL, {records} records in; committed output equals the recomputation exactly \
+         ({} windows, {} dead letters of which {duplicates} duplicates, {} late records, nothing twice, nothing missing)",
         expected.windows.len(),
         expected.dead.len(),
         expected.late.len()
@@ -770,7 +823,7 @@ fn fault_points_then_restart_are_exactly_once() {
     create_topic(&input, PARTITIONS as i32);
     let (records, inputs) = split(data);
     produce(&input, &records);
-    let expected = recompute(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW]);
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("fast-commits.toml");
@@ -836,4 +889,115 @@ fn fault_points_then_restart_are_exactly_once() {
         assert_matches(&got, &expected, &format!("after fault points {faults:?}"));
         eprintln!("fault points {faults:?} then restart: committed output exact");
     }
+}
+
+/// Replay into the same topics. A job reads a first batch of trades (13:00), then a second
+/// (from 14:00) written a moment later, commits part of it, and is stopped; `--from`
+/// without `--reset` is refused; `--reset --from <the time the second batch was written>
+/// --until end` reads the second batch again, to the end, and exits. Nothing the first run
+/// committed is written twice, nothing is missing, every value is exact.
+#[test]
+fn a_replay_from_a_timestamp_adds_nothing_already_committed() {
+    const PARTITIONS: usize = 4;
+    let (input, out, dlq, late) = (unique("replay"), unique("o"), unique("d"), unique("l"));
+    create_topic(&input, PARTITIONS as i32);
+    let early: u64 = 1_768_309_200_000; // 13:00:00
+    let (first_batch, mut inputs): (Vec<Vec<KeyValue>>, Vec<Vec<Input>>) = (0..PARTITIONS)
+        .map(|p| {
+            (0..300u64)
+                .map(|i| {
+                    let t = early + i * 600;
+                    let trade = format!(
+                        r#"{{"trade_id":"EARLY-{p}-{i}","timestamp":{t},"amount":"2.25","symbol":"SYMA","status":"filled"}}"#
+                    );
+                    let truth = Ok((t, "SYMA".to_string(), Decimal::new(225, 2)));
+                    let payload = Some(trade.into_bytes());
+                    ((Some(b"SYMA".to_vec()), payload.clone()), Input { payload, truth })
+                })
+                .unzip()
+        })
+        .unzip();
+    let (second_batch, later) = split(trades(515, PARTITIONS, 8_000));
+    for (all, more) in inputs.iter_mut().zip(later) {
+        all.extend(more);
+    }
+    produce(&input, &first_batch);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let dataflow = dataflow.to_str().expect("utf-8");
+    let app = unique("replay-app");
+    let log = dir.path().join("run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args(["run", "--dataflow", dataflow, "-w", "2"])
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", &app)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("waterline starts");
+    std::thread::sleep(Duration::from_secs(2));
+    // The second batch is stamped after this moment (Kafka create time).
+    let between = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(50));
+    produce(&input, &second_batch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut windows = 0;
+    while windows < 40 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        windows = committed(&out, &dlq, &late).windows.len();
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let exit = child.wait().expect("wait");
+    let first = committed(&out, &dlq, &late);
+    assert!(
+        exit.success() && first.windows.len() >= 40,
+        "the first run committed windows ({}) and stopped cleanly ({exit:?}):\n{}",
+        first.windows.len(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let from = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let refused = waterline_as(
+        &app,
+        &["run", "--dataflow", dataflow, "-w", "2", "--from", &from],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--reset"),
+        "--from over committed progress needs --reset: {stderr}"
+    );
+
+    let replay = waterline_as(
+        &app,
+        &[
+            "run",
+            "--dataflow",
+            dataflow,
+            "-w",
+            "2",
+            "--reset",
+            "--from",
+            &from,
+            "--until",
+            "end",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(replay.status.success(), "the replay completes: {stderr}");
+    let starts: Vec<String> = (0..PARTITIONS).map(|p| format!("({p}, 300)")).collect();
+    assert!(
+        stderr.contains(&format!("[{}]", starts.join(", "))),
+        "the replay starts each partition at the first record of the second batch: {stderr}"
+    );
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
+    let got = committed(&out, &dlq, &late);
+    assert_matches(&got, &expected, "after a replay into the same topics");
+    eprintln!(
+        "replay: the first run committed {} of {} windows; the replay from {from} added the rest, none twice",
+        first.windows.len(),
+        expected.windows.len()
+    );
 }

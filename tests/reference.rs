@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{Expected, Input, Win, absorb, assert_matches, recompute, recompute_with_late};
+use common::{
+    Dedupe, Expected, Input, Win, absorb, assert_matches, recompute_deduped, recompute_with_late,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
@@ -31,6 +33,12 @@ const WINDOWS: [Win; 2] = [
     },
 ];
 const PARTITIONS: i32 = 5;
+const DEDUPE_MS: u64 = 10_000;
+const DEDUPE: Dedupe = Dedupe {
+    field: "id",
+    horizon: DEDUPE_MS,
+    dead_letter: true,
+};
 const OUT_PARTITIONS: i32 = 3;
 
 fn spec() -> PipelineSpec {
@@ -53,6 +61,9 @@ v = "decimal"
 [[validation.rules]]
 field = "v"
 ge = "-1000"
+[dedupe]
+horizon = {DEDUPE_MS}
+dead_letter = true
 [[windows]]
 name = "{}"
 kind = "tumbling"
@@ -93,8 +104,32 @@ fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
     (0..PARTITIONS)
         .map(|p| {
             let mut clock: u64 = 1_700_000_000_000 + rng.random_range(0..3_000);
-            let mut out = Vec::with_capacity(per_partition);
+            let mut out: Vec<Input> = Vec::with_capacity(per_partition);
+            // Offsets of the valid records so far.
+            let mut valid: Vec<usize> = Vec::new();
             for i in 0..per_partition {
+                if !valid.is_empty() && rng.random_bool(0.03) {
+                    // A retry: an earlier record, byte for byte, usually a recent one.
+                    let window = if rng.random_bool(0.8) { 30 } else { 3_000 };
+                    let back = rng.random_range(1..=valid.len().min(window));
+                    out.push(out[valid[valid.len() - back]].clone());
+                    continue;
+                }
+                let reused = if !valid.is_empty() && rng.random_bool(0.02) {
+                    let window = if rng.random_bool(0.7) {
+                        300
+                    } else {
+                        valid.len()
+                    };
+                    let back = rng.random_range(1..=valid.len().min(window));
+                    let earlier = &out[valid[valid.len() - back]];
+                    let v: serde_json::Value =
+                        serde_json::from_slice(earlier.payload.as_deref().expect("valid"))
+                            .expect("JSON");
+                    v["id"].as_str().map(str::to_string)
+                } else {
+                    None
+                };
                 clock += rng.random_range(0..60);
                 let roll: f64 = rng.random();
                 let time = if roll < 0.03 {
@@ -121,7 +156,10 @@ fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
                 } else {
                     time.to_string()
                 };
-                let good = format!(r#"{{"id":"{p}-{i}","ts":{ts_json},"k":"{key}","v":{v_json}}}"#);
+                // Now and then an id is used again for another event: a duplicate only
+                // when the two are within the horizon.
+                let id = reused.unwrap_or_else(|| format!("{p}-{i}"));
+                let good = format!(r#"{{"id":"{id}","ts":{ts_json},"k":"{key}","v":{v_json}}}"#);
                 let input = if rng.random_bool(0.04) {
                     let (payload, kind): (Option<Vec<u8>>, &str) = match rng.random_range(0..6) {
                         0 => (None, "empty_payload"),
@@ -160,6 +198,9 @@ fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Input>> {
                         truth: Ok((time, key, value)),
                     }
                 };
+                if input.truth.is_ok() {
+                    valid.push(out.len());
+                }
                 out.push(input);
             }
             out
@@ -221,13 +262,18 @@ fn run(input: &[Vec<Input>], workers: usize, chunk: usize) -> (Vec<OutRecord>, T
 fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
     for seed in 0..4u64 {
         let input = generate(seed, 1_500);
-        let expected = recompute(&input, OOO_MS, &WINDOWS);
+        let expected = recompute_deduped(&input, OOO_MS, &WINDOWS, DEDUPE);
         assert!(
             expected.late.len() > 20,
             "the input exercises lateness ({})",
             expected.late.len()
         );
         assert!(expected.dead.len() > 20, "the input exercises dead letters");
+        let duplicates = expected.dead.iter().filter(|d| d.2 == "duplicate").count();
+        assert!(
+            duplicates > 100,
+            "the input exercises dedupe ({duplicates} duplicates)"
+        );
         assert!(expected.windows.len() > 50);
         for workers in [1, 2, 4] {
             let chunk = 1 + (seed as usize * 37 + workers * 11) % 200;
@@ -291,10 +337,37 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
         let mut whole: Vec<_> = run(&input, workers, 50).0.iter().map(comparable).collect();
         whole.sort();
 
+        // Crash points spread over a run: how many commits does one make?
+        let counted = Arc::new(Mutex::new(Committed::default()));
+        let uninterrupted = MemoryRun {
+            workers,
+            chunk: 3,
+            recovery: Recovery::fresh(workers),
+            fail_after_commits: None,
+            commit_interval: Duration::from_millis(1),
+            stalls: Vec::new(),
+        };
+        pipeline::run_in_memory_with(
+            &spec,
+            &topics,
+            parts.clone(),
+            &uninterrupted,
+            Arc::clone(&counted),
+        )
+        .expect("completes");
+        let n = (counted.lock().expect("lock").progress.len() / workers).max(8);
         let mut committed_all: Vec<OutRecord> = Vec::new();
         let mut recovery = Recovery::fresh(workers);
         let mut crashes = 0;
-        for fail_after in [Some(1), Some(6), Some(2), Some(9), Some(3), Some(12), None] {
+        for fail_after in [
+            Some(1),
+            Some(n / 4),
+            Some(n / 8),
+            Some(n / 2),
+            Some(n / 3),
+            Some(n / 2),
+            None,
+        ] {
             let committed = Arc::new(Mutex::new(Committed::default()));
             let run = MemoryRun {
                 workers,
@@ -337,8 +410,9 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
                     });
             }
             latest.retain(|_, p| p.frontier > 0);
-            recovery = Recovery::from_records(&latest, workers, &progress::fingerprint(&spec))
-                .expect("same job");
+            recovery =
+                Recovery::from_records(&latest, workers, Some(&progress::fingerprint(&spec)))
+                    .expect("same job");
         }
         assert!(
             crashes >= 2,
@@ -382,7 +456,7 @@ fn idleness_decisions_are_replayed_after_a_crash() {
         .enumerate()
         .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
         .collect();
-    let without_idleness = recompute(&input, OOO_MS, &WINDOWS);
+    let without_idleness = recompute_deduped(&input, OOO_MS, &WINDOWS, DEDUPE);
     let stalls = vec![(1, 300, Duration::from_millis(200))];
     let resumed_stalls = vec![(1, 150, Duration::from_millis(100))];
     let mut idled = 0;
@@ -421,8 +495,9 @@ fn idleness_decisions_are_replayed_after_a_crash() {
             for p in c.progress {
                 latest.insert(p.worker, p);
             }
-            recovery = Recovery::from_records(&latest, workers, &progress::fingerprint(&spec))
-                .expect("same job");
+            recovery =
+                Recovery::from_records(&latest, workers, Some(&progress::fingerprint(&spec)))
+                    .expect("same job");
         }
         let got = collect(&all, &topics);
         assert!(
@@ -437,7 +512,7 @@ fn idleness_decisions_are_replayed_after_a_crash() {
         if got.late.len() > without_idleness.late.len() {
             idled += 1;
         }
-        let expected = recompute_with_late(&input, &WINDOWS, &got.late);
+        let expected = recompute_with_late(&input, &WINDOWS, &got.late, Some(DEDUPE));
         assert_matches(
             &got,
             &expected,

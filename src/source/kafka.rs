@@ -64,12 +64,12 @@ const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 impl KafkaReader {
     /// Assigns `starts` (partitions of `topic`, each at the position it resumes from);
-    /// `bounded` stops each partition at the end offset it has now.
+    /// with `ends`, each partition stops before the offset given for it.
     pub fn new(
         config: &Config,
         topic: &str,
         starts: &[Position],
-        bounded: bool,
+        ends: Option<&BTreeMap<i32, i64>>,
         worker: usize,
     ) -> Result<KafkaReader, KafkaSetupError> {
         let mut c = client_config(config);
@@ -130,8 +130,14 @@ impl KafkaReader {
             last_group_commit: Instant::now(),
             group_committed_at_end: false,
         };
-        if bounded {
-            reader.bound()?;
+        if let Some(ends) = ends {
+            for (p, state) in reader.partitions.iter_mut() {
+                let end = ends.get(p).copied().unwrap_or(i64::MAX);
+                state.end = Some(end);
+                if state.next.is_some_and(|next| next >= end) {
+                    state.at_eof = true;
+                }
+            }
         }
         Ok(reader)
     }
@@ -220,6 +226,14 @@ impl Reader for KafkaReader {
                         continue;
                     };
                     if state.ended {
+                        continue;
+                    }
+                    if let Some(end) = state.end
+                        && m.offset() >= end
+                    {
+                        // The bound fell on a gap (a transaction marker, a compacted record).
+                        state.ended = true;
+                        f(Polled::End(p));
                         continue;
                     }
                     state.next = Some(m.offset() + 1);

@@ -8,6 +8,7 @@
 //!  decode + validate ──Err──► dead letter ─────────────────────────┐
 //!    │ Ok(event at t)                                              │
 //!    ├─ late for window w (w's end + grace <= wm_p) ─► late record ─┤ Err(OutRecord) at wm_p
+//!    ├─ a repeated id (dedupe, unless late for every window) ───────┤ dead letter, if asked
 //!    ▼                                                              ▼
 //!  Ok((event, wm_p)) at the held time                             sink
 //! ```
@@ -37,7 +38,8 @@ use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{Scope, StreamVec};
 use timely::progress::Antichain;
 
-use crate::codec::{Decoder, Event};
+use crate::codec::{Decoder, ErrorKind, Event, Rejection};
+use crate::dedupe::Seen;
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, SourceRef, Topics};
 use crate::progress::{Note, Position, Replay, WatermarkMove};
@@ -176,6 +178,9 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let mut side: BTreeMap<u64, Vec<SourceItem>> = BTreeMap::new();
         let topic = spec.input.topic.clone();
         let all_windows = spec.windows.len();
+        let dedupe = spec.dedupe;
+        let window_reach = spec.window_reach_ms();
+        let mut seen: BTreeMap<i32, Seen> = BTreeMap::new();
         move |_frontiers| {
             heard.for_each(|_cap, data| {
                 for a in data.drain(..) {
@@ -219,27 +224,62 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         }
                         Ok(event) => {
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
-                            let mut late = 0;
-                            for w in spec.windows.iter() {
-                                if crate::window::is_late(w, event.time, wm) {
-                                    late += 1;
-                                    metrics.late_records.inc();
-                                    let record = output::late_record(
+                            let late = spec
+                                .windows
+                                .iter()
+                                .filter(|w| crate::window::is_late(w, event.time, wm))
+                                .count();
+                            let repeat = late < all_windows
+                                && dedupe.is_some_and(|d| {
+                                    let seen = seen.entry(r.partition).or_insert_with(|| {
+                                        Seen::new(d.horizon_ms, window_reach)
+                                    });
+                                    seen.forget_before(watermarks.watermark(r.partition));
+                                    seen.repeat(&event.id, event.time)
+                                });
+                            if repeat {
+                                metrics.duplicates.inc();
+                                if dedupe.is_some_and(|d| d.dead_letter) {
+                                    metrics.dead_letters.inc();
+                                    let rejection = Rejection {
+                                        kind: ErrorKind::Duplicate,
+                                        reason: format!(
+                                            "repeats the id `{}` of an earlier record of partition {} within the dedupe horizon",
+                                            event.id, r.partition
+                                        ),
+                                    };
+                                    let letter = output::dead_letter(
                                         &spec,
                                         &topics,
-                                        w,
-                                        &event.key,
-                                        event.time,
-                                        wm,
                                         source(),
-                                        r.payload.unwrap_or_default(),
+                                        r.payload,
+                                        r.key,
+                                        &rejection,
+                                        rejected_at,
                                     );
-                                    side.entry(wm).or_default().push(Err(record));
+                                    side.entry(wm).or_default().push(Err(letter));
                                 }
-                            }
-                            if late < all_windows {
-                                metrics.events_valid.inc();
-                                pending.push(Ok((event, wm)));
+                            } else {
+                                for w in spec.windows.iter() {
+                                    if crate::window::is_late(w, event.time, wm) {
+                                        metrics.late_records.inc();
+                                        let record = output::late_record(
+                                            &spec,
+                                            &topics,
+                                            w,
+                                            &event.key,
+                                            event.time,
+                                            wm,
+                                            source(),
+                                            r.payload.unwrap_or_default(),
+                                        );
+                                        side.entry(wm).or_default().push(Err(record));
+                                    }
+                                }
+                                if late < all_windows {
+                                    metrics.events_valid.inc();
+                                    pending.push(Ok((event, wm)));
+                                }
                             }
                         }
                     }

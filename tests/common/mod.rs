@@ -40,42 +40,31 @@ pub struct Expected {
     pub late: BTreeSet<(String, i32, i64)>,
 }
 
+/// Duplicate dropping as a dataflow declares it: `field` holds the event id.
+#[derive(Clone, Copy, Debug)]
+pub struct Dedupe {
+    pub field: &'static str,
+    pub horizon: u64,
+    pub dead_letter: bool,
+}
+
 /// Replays each partition in offset order with its own watermark
 /// (max event time seen − `ooo`); a record is late for a window when that window's
 /// end + grace is at or below the watermark.
 pub fn recompute(partitions: &[Vec<Input>], ooo: u64, windows: &[Win]) -> Expected {
-    let mut expected = Expected::default();
-    let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
-    for (p, records) in partitions.iter().enumerate() {
-        let mut max_seen: Option<u64> = None;
-        for (offset, r) in records.iter().enumerate() {
-            match &r.truth {
-                Err(kind) => {
-                    expected
-                        .dead
-                        .insert((p as i32, offset as i64, kind.to_string()));
-                }
-                Ok((t, key, v)) => {
-                    max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
-                    let wm = max_seen.unwrap_or(0).saturating_sub(ooo);
-                    for w in windows {
-                        let start = t / w.size * w.size;
-                        if start + w.size + w.grace <= wm {
-                            expected
-                                .late
-                                .insert((w.name.to_string(), p as i32, offset as i64));
-                        } else {
-                            accs.entry((w.name.to_string(), key.clone(), start))
-                                .or_default()
-                                .push(*v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    expected.windows = aggregate(accs, windows);
-    expected
+    compute(partitions, windows, Lateness::Watermark(ooo), None)
+}
+
+/// [`recompute`], dropping duplicates: a record not late for every window is a duplicate
+/// when an earlier record of its partition has the same id and an event time at most
+/// the horizon apart.
+pub fn recompute_deduped(
+    partitions: &[Vec<Input>],
+    ooo: u64,
+    windows: &[Win],
+    dedupe: Dedupe,
+) -> Expected {
+    compute(partitions, windows, Lateness::Watermark(ooo), Some(dedupe))
 }
 
 /// What the outputs must hold when `late` says which records were late for which window
@@ -85,28 +74,78 @@ pub fn recompute_with_late(
     partitions: &[Vec<Input>],
     windows: &[Win],
     late: &BTreeSet<(String, i32, i64)>,
+    dedupe: Option<Dedupe>,
+) -> Expected {
+    compute(partitions, windows, Lateness::Given(late), dedupe)
+}
+
+enum Lateness<'a> {
+    Watermark(u64),
+    Given(&'a BTreeSet<(String, i32, i64)>),
+}
+
+fn compute(
+    partitions: &[Vec<Input>],
+    windows: &[Win],
+    lateness: Lateness<'_>,
+    dedupe: Option<Dedupe>,
 ) -> Expected {
     let mut expected = Expected::default();
     let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
     for (p, records) in partitions.iter().enumerate() {
+        let mut max_seen: Option<u64> = None;
+        let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (offset, r) in records.iter().enumerate() {
-            match &r.truth {
+            let (t, key, v) = match &r.truth {
                 Err(kind) => {
                     expected
                         .dead
                         .insert((p as i32, offset as i64, kind.to_string()));
+                    continue;
                 }
-                Ok((t, key, v)) => {
-                    for w in windows {
-                        let id = (w.name.to_string(), p as i32, offset as i64);
-                        if late.contains(&id) {
-                            expected.late.insert(id);
-                        } else {
-                            accs.entry((w.name.to_string(), key.clone(), t / w.size * w.size))
-                                .or_default()
-                                .push(*v);
-                        }
+                Ok(x) => x,
+            };
+            max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
+            let late: Vec<bool> = windows
+                .iter()
+                .map(|w| match &lateness {
+                    Lateness::Watermark(ooo) => {
+                        let wm = max_seen.unwrap_or(0).saturating_sub(*ooo);
+                        t / w.size * w.size + w.size + w.grace <= wm
                     }
+                    Lateness::Given(set) => {
+                        set.contains(&(w.name.to_string(), p as i32, offset as i64))
+                    }
+                })
+                .collect();
+            if let Some(d) = dedupe
+                && late.iter().any(|l| !l)
+            {
+                let payload: serde_json::Value =
+                    serde_json::from_slice(r.payload.as_deref().expect("a valid record"))
+                        .expect("a valid record is JSON");
+                let id = payload[d.field].as_str().expect("an id").to_string();
+                let times = seen.entry(id).or_default();
+                let repeat = times.iter().any(|x| x.abs_diff(*t) <= d.horizon);
+                times.push(*t);
+                if repeat {
+                    if d.dead_letter {
+                        expected
+                            .dead
+                            .insert((p as i32, offset as i64, "duplicate".to_string()));
+                    }
+                    continue;
+                }
+            }
+            for (w, late) in windows.iter().zip(late) {
+                if late {
+                    expected
+                        .late
+                        .insert((w.name.to_string(), p as i32, offset as i64));
+                } else {
+                    accs.entry((w.name.to_string(), key.clone(), t / w.size * w.size))
+                        .or_default()
+                        .push(*v);
                 }
             }
         }

@@ -1,0 +1,119 @@
+//! Dropping repeated events within one partition ([`crate::spec::DedupeSpec`]).
+//!
+//! A record is a duplicate when an earlier record of its partition has the same id and an
+//! event time at most `horizon` apart. Whether it is depends only on the (id, time) pairs
+//! before it, not on which of them were themselves duplicates, so a resumed partition that
+//! has not seen the records before its restart position decides differently only for
+//! records within `horizon` of them — whose outputs all fall below the frontier the
+//! position is valid for, because the horizon is part of the dataflow's reach.
+//!
+//! Records late for every window never reach dedupe: their fate does not depend on it.
+//! Every other record is within `window reach` of the partition's watermark, so an id seen
+//! more than `window reach + horizon` behind the watermark can never match again and is
+//! forgotten; the watermark is deterministic, so forgetting is too.
+
+use std::collections::HashMap;
+
+/// The ids one partition has seen, with their event times.
+#[derive(Debug, Default)]
+pub struct Seen {
+    horizon: u64,
+    keep: u64,
+    ids: HashMap<Box<str>, Vec<u64>>,
+    /// The watermark of the last sweep.
+    swept_at: u64,
+}
+
+impl Seen {
+    /// Remembers ids for `horizon_ms`, for a dataflow whose windows reach `window_reach_ms`.
+    pub fn new(horizon_ms: u64, window_reach_ms: u64) -> Seen {
+        Seen {
+            horizon: horizon_ms,
+            keep: horizon_ms.saturating_add(window_reach_ms),
+            ..Seen::default()
+        }
+    }
+
+    /// Records `id` at `time`; says whether an earlier record repeats it.
+    pub fn repeat(&mut self, id: &str, time: u64) -> bool {
+        match self.ids.get_mut(id) {
+            Some(times) => {
+                let repeat = times.iter().any(|t| t.abs_diff(time) <= self.horizon);
+                if !times.contains(&time) {
+                    times.push(time);
+                }
+                repeat
+            }
+            None => {
+                self.ids.insert(id.into(), vec![time]);
+                false
+            }
+        }
+    }
+
+    /// Forgets what no record judged against `watermark` or later can repeat. Sweeps at
+    /// most once per `horizon` of watermark progress, so the cost per record stays small.
+    pub fn forget_before(&mut self, watermark: u64) {
+        if watermark.saturating_sub(self.swept_at) < self.horizon.max(1_000) {
+            return;
+        }
+        self.swept_at = watermark;
+        let oldest = watermark.saturating_sub(self.keep);
+        self.ids.retain(|_, times| {
+            times.retain(|t| *t >= oldest);
+            !times.is_empty()
+        });
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_id_within_the_horizon_repeats_and_outside_it_does_not() {
+        let mut s = Seen::new(1_000, 0);
+        assert!(!s.repeat("a", 10_000));
+        assert!(s.repeat("a", 10_000), "the same record again");
+        assert!(s.repeat("a", 10_900), "within the horizon after");
+        assert!(s.repeat("a", 9_000), "within the horizon before");
+        assert!(!s.repeat("b", 10_000), "another id");
+        assert!(!s.repeat("c", 5_000));
+        assert!(!s.repeat("c", 6_001), "just outside");
+    }
+
+    #[test]
+    fn a_repeat_is_judged_against_every_earlier_record_not_only_the_kept_ones() {
+        let mut s = Seen::new(1_000, 0);
+        assert!(!s.repeat("a", 0));
+        assert!(s.repeat("a", 900), "a duplicate");
+        assert!(
+            s.repeat("a", 1_800),
+            "within the horizon of the duplicate, though not of the first"
+        );
+    }
+
+    #[test]
+    fn ids_far_behind_the_watermark_are_forgotten() {
+        let mut s = Seen::new(1_000, 5_000);
+        s.repeat("old", 10_000);
+        s.repeat("new", 20_000);
+        s.forget_before(15_500);
+        assert_eq!(s.len(), 2, "10 000 is within reach + horizon of 15 500");
+        s.forget_before(16_000);
+        assert_eq!(s.len(), 2, "sweeps are spaced a horizon apart");
+        s.forget_before(16_500);
+        assert_eq!(s.len(), 1);
+        assert!(!s.repeat("old", 10_000), "forgotten");
+    }
+}
