@@ -156,6 +156,7 @@ pub fn run(
     }
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
+    crate::sink::kafka::fence(&config, options.workers)?;
     let records = progress::read(&config, &progress_topic)?;
     if !records.is_empty() && options.from.is_some() && !options.reset {
         return Err(RunError::Recovery(format!(
@@ -380,6 +381,22 @@ fn run_worker(
         )
         .map_err(|e| e.to_string())?,
     ));
+    // Before anything is read, the worker commits where it starts: a restart before its
+    // first regular commit then resumes from the same offsets, even when they were
+    // resolved from `latest` or a time, which mean other offsets later. The frontier and
+    // the recorded idle moves are carried over unchanged.
+    let initial = Progress {
+        worker: index,
+        frontier: recovery.frontiers.get(index).copied().unwrap_or(0),
+        positions: starts.clone(),
+        idle_moves: recovery.idle_moves(),
+        passed: recovery.passed(),
+        ..template.clone()
+    };
+    writer
+        .borrow_mut()
+        .commit(&initial)
+        .map_err(|e| format!("cannot commit the starting positions: {e}"))?;
     // The reader comes after the producer: its partitions are assigned (and fetching
     // starts) only once the transactional producer is ready, which can take a while.
     let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)

@@ -225,11 +225,16 @@ impl Recovery {
             .copied()
             .enumerate()
             .min_by_key(|(_, f)| *f);
-        if let Some((w, f)) = least
-            && f > 0
-            && let Some(p) = records.get(&w)
-        {
-            recovery.positions = p.positions.clone();
+        match least.and_then(|(w, _)| records.get(&w)) {
+            Some(p) => recovery.positions = p.positions.clone(),
+            // A worker without a record never started, so nobody committed past 0: any
+            // record holds the starting positions every worker resolved.
+            None if records.values().all(|p| p.frontier == 0) => {
+                if let Some(p) = records.values().next() {
+                    recovery.positions = p.positions.clone();
+                }
+            }
+            None => {}
         }
         // Decisions are facts: every record holds those sent below its frontier, so their
         // union holds every one below the greatest frontier.
@@ -252,6 +257,41 @@ impl Recovery {
             }
         }
         Ok(recovery)
+    }
+}
+
+impl Recovery {
+    /// The idle moves to carry into a new record.
+    pub fn idle_moves(&self) -> Vec<WatermarkMove> {
+        self.replay
+            .iter()
+            .flat_map(|(partition, r)| {
+                r.moves.iter().map(|(offset, watermark)| WatermarkMove {
+                    partition: *partition,
+                    offset: *offset,
+                    watermark: *watermark,
+                })
+            })
+            .collect()
+    }
+
+    /// Where each partition's replay ends, to carry into a new record.
+    pub fn passed(&self) -> BTreeMap<i32, WatermarkMove> {
+        self.replay
+            .iter()
+            .filter_map(|(partition, r)| {
+                r.until.map(|(offset, watermark)| {
+                    (
+                        *partition,
+                        WatermarkMove {
+                            partition: *partition,
+                            offset,
+                            watermark,
+                        },
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -279,11 +319,23 @@ pub fn read(config: &Config, topic: &str) -> Result<BTreeMap<usize, Progress>, K
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
         .map_or(0, |t| t.partitions().len() as i32);
+    // The end to read to is the high watermark, not the end a read_committed client is
+    // told (the last stable offset, which stops before a transaction whose markers are not
+    // written yet): the reader waits for those, so that no commit is missed.
+    let mut ends_client = client_config(config);
+    ends_client.set("isolation.level", "read_uncommitted");
+    let ends_consumer: BaseConsumer =
+        ends_client
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                what: "cannot create the progress reader".into(),
+                source,
+            })?;
     let mut latest = BTreeMap::new();
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let (_, high) = consumer
+        let (_, high) = ends_consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(|source| KafkaSetupError::Client {
                 what: format!("cannot read the end of {topic}/{p}"),
@@ -390,6 +442,17 @@ mod tests {
         let r = Recovery::from_records(&records, 2, Some("f")).expect("compatible");
         assert_eq!(r.frontiers, vec![500, 0]);
         assert!(r.positions.is_empty());
+    }
+
+    #[test]
+    fn before_any_commit_every_worker_restarts_from_the_starting_positions() {
+        let records = [(0, record(0, 0, 17))].into();
+        let r = Recovery::from_records(&records, 2, Some("f")).expect("compatible");
+        assert_eq!(r.frontiers, vec![0, 0]);
+        assert_eq!(
+            r.positions[&0].offset, 17,
+            "the positions worker 0 resolved and committed before reading"
+        );
     }
 
     #[test]

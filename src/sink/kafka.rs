@@ -140,6 +140,50 @@ impl KafkaWriter {
     }
 }
 
+/// Completes what earlier incarnations of this job's workers left open: `init_transactions`
+/// with each worker's `transactional.id` aborts a zombie's open transaction and waits for
+/// a commit in flight to be written out. Afterwards the progress topic's committed end is
+/// its end, so reading it is not missing a commit whose markers were still on their way.
+pub fn fence(config: &Config, workers: usize) -> Result<(), KafkaSetupError> {
+    if config.guarantee != Guarantee::ExactlyOnce {
+        return Ok(());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut c = client_config(config);
+                    c.set("transactional.id", format!("{}-{worker}", config.app_id));
+                    for (k, v) in &config.kafka_properties {
+                        c.set(k, v);
+                    }
+                    let what = || {
+                        format!(
+                            "cannot fence earlier instances of {}-{worker}",
+                            config.app_id
+                        )
+                    };
+                    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+                        c.create().map_err(|source| KafkaSetupError::Client {
+                            what: what(),
+                            source,
+                        })?;
+                    producer
+                        .init_transactions(Timeout::After(FLUSH_TIMEOUT))
+                        .map_err(|source| KafkaSetupError::Client {
+                            what: what(),
+                            source,
+                        })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fencing thread does not panic"))
+            .collect()
+    })
+}
+
 impl KafkaWriter {
     fn begin(&mut self) -> Result<(), String> {
         if self.transactional && !self.in_transaction {
