@@ -179,8 +179,7 @@ pub fn fence(config: &Config, workers: usize) -> Result<(), KafkaSetupError> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("a fencing thread does not panic"))
-            .collect()
+            .try_for_each(|h| h.join().expect("a fencing thread does not panic"))
     })
 }
 
