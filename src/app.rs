@@ -62,6 +62,11 @@ pub struct RunOptions {
     /// Discard the recorded positions (outputs committed before are still not written
     /// again).
     pub reset: bool,
+    /// How many workers have committed their starting positions (set by the run).
+    pub started: Arc<std::sync::atomic::AtomicUsize>,
+    /// The offsets `until` resolved to (set by the run), so that a restart stops at the
+    /// same place.
+    pub resolved_until: Arc<std::sync::Mutex<Option<BTreeMap<i32, i64>>>>,
     /// Drain requests.
     pub control: SourceControl,
     /// Set to stop (flush and exit, leaving open windows).
@@ -77,6 +82,82 @@ pub enum Outcome {
     Completed,
     /// Stopped on request; outputs written so far were flushed.
     Stopped,
+}
+
+impl RunError {
+    /// Whether running again from the committed progress can succeed: the broker was
+    /// unreachable, a commit failed or timed out, a transaction was aborted. Not: a bad
+    /// dataflow, config or flag, a missing topic, progress this run cannot resume, or a
+    /// newer instance of the job that fenced this one.
+    pub fn is_retriable(&self) -> bool {
+        use rdkafka::error::KafkaError;
+        match self {
+            RunError::Kafka(KafkaSetupError::Client { source, .. }) => !matches!(
+                source,
+                KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..)
+            ),
+            RunError::Kafka(KafkaSetupError::MissingTopic(..)) => false,
+            RunError::Start(_) | RunError::Recovery(_) => false,
+            RunError::Worker { message, .. } => {
+                !(message.contains("fenced") || message.contains("cannot create the Kafka"))
+            }
+        }
+    }
+}
+
+/// The first pause before running again after a retriable failure; it doubles on each
+/// failure in a row, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A run that lasted this long before failing starts the backoff over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs `spec` like [`run`], and when a run fails in a way that running again can fix
+/// (see [`RunError::is_retriable`]), runs it again from the committed progress after a
+/// pause that doubles from 1 s to 30 s (Flink's exponential-delay restart strategy). A
+/// restart is exactly a crash recovery, without losing the process. A stop request during
+/// the pause stops at once.
+pub fn run_with_restarts(
+    spec: PipelineSpec,
+    config: Config,
+    mut options: RunOptions,
+) -> Result<Outcome, RunError> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = std::time::Instant::now();
+        options.started.store(0, Ordering::SeqCst);
+        let error = match run(spec.clone(), config.clone(), options.clone()) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if !e.is_retriable() => return Err(e),
+            Err(e) => e,
+        };
+        if options.shutdown.load(Ordering::Relaxed) {
+            return Ok(Outcome::Stopped);
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        options.metrics.restarts.inc();
+        tracing::warn!(error = %error, delay = ?backoff, "run failed; restarting from the committed progress");
+        let until = std::time::Instant::now() + backoff;
+        while std::time::Instant::now() < until {
+            if options.shutdown.load(Ordering::Relaxed) {
+                return Ok(Outcome::Stopped);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Once every worker has committed where it starts, a restart resumes from there:
+        // `--from` must not move it again.
+        if options.started.load(Ordering::SeqCst) >= options.workers {
+            options.from = None;
+            options.reset = false;
+        }
+        if let Some(ends) = options.resolved_until.lock().ok().and_then(|e| e.clone()) {
+            options.until = Some(StopAt::Offsets(ends));
+        }
+    }
 }
 
 /// Runs `spec` against the Kafka cluster of `config`.
@@ -275,6 +356,9 @@ pub fn run(
             Some(ends)
         }
     };
+    if let (Some(ends), Ok(mut slot)) = (&ends, options.resolved_until.lock()) {
+        *slot = Some(ends.clone());
+    }
     if options.from.is_some() || options.until.is_some() {
         tracing::info!(
             starts = ?starts.values().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
@@ -397,6 +481,7 @@ fn run_worker(
         .borrow_mut()
         .commit(&initial)
         .map_err(|e| format!("cannot commit the starting positions: {e}"))?;
+    options.started.fetch_add(1, Ordering::SeqCst);
     // The reader comes after the producer: its partitions are assigned (and fetching
     // starts) only once the transactional producer is ready, which can take a while.
     let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)

@@ -181,6 +181,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             from: None,
             until: None,
             reset: false,
+            started: Default::default(),
+            resolved_until: Default::default(),
             control,
             shutdown: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),

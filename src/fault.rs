@@ -7,6 +7,9 @@
 //! - `after-commit`: right after a commit succeeded;
 //! - `during-recovery`: after the committed progress was read, before any worker starts.
 //!
+//! `WATERLINE_FAULT=commit-fails[:<n>]` makes the n-th commit fail instead (its transaction
+//! aborted, as a broker does on a timeout), without a crash: the run restarts in-process.
+//!
 //! Unset (the normal case), a fault point costs one relaxed atomic load.
 
 use std::sync::OnceLock;
@@ -34,6 +37,14 @@ fn configured() -> Option<&'static Fault> {
             })
         })
         .as_ref()
+}
+
+/// Whether the process should fail (not crash) at `point` now: true the n-th time it is
+/// reached when `WATERLINE_FAULT=<point>:<n>` is set. `commit-fails` makes a commit fail
+/// as if the broker had aborted its transaction.
+pub fn fails(point: &str) -> bool {
+    configured()
+        .is_some_and(|f| f.point == point && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth)
 }
 
 /// Marks that the process reached `point`; aborts if a fault was set there.

@@ -57,7 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.bootstrap_servers = b;
             }
             init_logging(config.log_format, &config.log_level);
-            let outcome = app::run(
+            let outcome = app::run_with_restarts(
                 spec,
                 config,
                 RunOptions {
@@ -65,6 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     from: args.from,
                     until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
                     reset: args.reset,
+                    started: Default::default(),
+                    resolved_until: Default::default(),
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
                     metrics: Metrics::new(),

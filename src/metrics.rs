@@ -24,6 +24,9 @@ pub struct Metrics {
     pub records_out: IntCounter,
     /// Producer delivery failures.
     pub delivery_errors: IntCounter,
+    /// Runs restarted in-process after a retriable failure (broker unreachable, commit
+    /// failed).
+    pub restarts: IntCounter,
     /// Latest watermark held by a source worker (epoch ms).
     pub watermark_ms: IntGauge,
 }
@@ -60,6 +63,10 @@ impl Metrics {
         let windows_emitted = counter("windows_emitted_total", "Final window results emitted.");
         let records_out = counter("records_out_total", "Records handed to the Kafka producer.");
         let delivery_errors = counter("delivery_errors_total", "Kafka producer delivery failures.");
+        let restarts = counter(
+            "restarts_total",
+            "Runs restarted from the committed progress after a retriable failure.",
+        );
         let watermark_ms = IntGauge::with_opts(Opts::new(
             "watermark_milliseconds",
             "Event-time watermark held by a source worker, epoch milliseconds.",
@@ -78,6 +85,7 @@ impl Metrics {
             windows_emitted,
             records_out,
             delivery_errors,
+            restarts,
             watermark_ms,
         }
     }

@@ -8,387 +8,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Dedupe, Expected, Input, Win, absorb, assert_matches, recompute_deduped};
+use common::kafka::*;
+use common::{Expected, Input, absorb, assert_matches, recompute_deduped};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rust_decimal::Decimal;
-
-fn bootstrap() -> &'static str {
-    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
-    BOOTSTRAP.get_or_init(|| {
-        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
-            return b;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("start")
-            .output()
-            .expect("scripts/kafka.sh runs");
-        assert!(
-            out.status.success(),
-            "scripts/kafka.sh start failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
-            .lines()
-            .last()
-            .expect("the script prints the bootstrap address")
-            .trim()
-            .to_string()
-    })
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("e2e-{name}-{}-{nanos}", std::process::id())
-}
-
-fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-        .set("max.message.bytes", "16777216");
-    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
-        .expect("create_topics answers");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
-    }
-}
-
-/// Produces each partition's records in order, so record i of partition p has offset i.
-/// A Kafka record to send: (key, value).
-type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-fn produce(topic: &str, partitions: &[Vec<KeyValue>]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("message.max.bytes", "16777216")
-        .create()
-        .expect("producer");
-    for (p, records) in partitions.iter().enumerate() {
-        for (key, payload) in records {
-            let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(p as i32);
-            if let Some(k) = key {
-                r = r.key(k);
-            }
-            if let Some(v) = payload {
-                r = r.payload(v);
-            }
-            loop {
-                match producer.send(r) {
-                    Ok(()) => break,
-                    Err((e, back)) => {
-                        assert!(e.to_string().contains("Queue full"), "produce failed: {e}");
-                        r = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(60))
-        .expect("all records delivered");
-}
-
-/// Everything committed to `topics`, read with `read_committed`: (topic, key, payload).
-fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.message.max.bytes", "16777216")
-        .create()
-        .expect("consumer");
-    // Read to the high watermark: a read_committed client is told the last stable offset,
-    // which stops before a commit whose markers are still being written.
-    let ends_consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for t in topics {
-        let md = consumer
-            .fetch_metadata(Some(t), Duration::from_secs(10))
-            .expect("metadata");
-        let n = md.topics()[0].partitions().len() as i32;
-        assert!(n > 0, "topic {t} exists");
-        for p in 0..n {
-            tpl.add_partition_offset(t, p, Offset::Beginning)
-                .expect("partition");
-            let (_, high) = ends_consumer
-                .fetch_watermarks(t, p, Duration::from_secs(10))
-                .expect("watermarks");
-            if high > 0 {
-                ends.insert((t.to_string(), p), high);
-            }
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !ends.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out reading outputs; left: {ends:?}"
-        );
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            // Transactional topics end in commit markers, which are never delivered: the
-            // consumer's position says when a partition has been read to its end.
-            let positions = consumer.position().expect("positions");
-            for e in positions.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    let k = (e.topic().to_string(), e.partition());
-                    if ends.get(&k).is_some_and(|&high| o >= high) {
-                        ends.remove(&k);
-                    }
-                }
-            }
-            continue;
-        };
-        let m = m.expect("consume");
-        let k = (m.topic().to_string(), m.partition());
-        if ends.get(&k).is_some_and(|&high| m.offset() + 1 >= high) {
-            ends.remove(&k);
-        }
-        out.push((
-            m.topic().to_string(),
-            m.key().map(<[u8]>::to_vec),
-            m.payload().unwrap_or_default().to_vec(),
-        ));
-    }
-    out
-}
-
-fn inputs_len(inputs: &[Vec<Input>], partition: i32) -> i64 {
-    inputs[partition as usize].len() as i64
-}
-
-/// Everything committed to a job's output, dead-letter and late topics; panics on any
-/// duplicate.
-fn committed(out: &str, dlq: &str, late: &str) -> Expected {
-    let mut got = Expected::default();
-    for (topic, _, payload) in consume_all(&[out, dlq, late]) {
-        absorb(&mut got, role(&topic, out, dlq), &payload);
-    }
-    got
-}
-
-/// The role of a topic among a job's outputs.
-fn role(topic: &str, out: &str, dlq: &str) -> &'static str {
-    if topic == out {
-        "window"
-    } else if topic == dlq {
-        "dead"
-    } else {
-        "late"
-    }
-}
-
-fn waterline(args: &[&str]) -> std::process::Output {
-    waterline_as(&unique("app"), args)
-}
-
-/// Runs the binary as application `app` (its consumer group, progress topic and
-/// transactional ids).
-fn waterline_as(app: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_waterline"))
-        .args(args)
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", app)
-        .output()
-        .expect("the waterline binary runs");
-    eprintln!(
-        "$ waterline {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const SHIPPED: &str = include_str!("../dataflows/trades.toml");
-/// The window `dataflows/trades.toml` declares, as the test knows it.
-const TRADES_WINDOW: Win = Win {
-    name: "trades_1m",
-    size: 60_000,
-    grace: 10_000,
-    avg_scale: 2,
-};
-const TRADES_OOO_MS: u64 = 5_000;
-const TRADES_DEDUPE: Dedupe = Dedupe {
-    field: "trade_id",
-    horizon: 300_000,
-    dead_letter: true,
-};
-
-/// Writes the shipped trades dataflow with this test's topics.
-fn trades_dataflow(
-    dir: &std::path::Path,
-    input: &str,
-    out: &str,
-    dlq: &str,
-    late: &str,
-) -> std::path::PathBuf {
-    assert!(
-        SHIPPED.contains("max_out_of_orderness = \"5s\"")
-            && SHIPPED.contains("size = \"1m\"")
-            && SHIPPED.contains("grace = \"10s\"")
-            && SHIPPED.contains("horizon = \"5m\"\ndead_letter = true")
-    );
-    let text = SHIPPED
-        .replace("topic = \"trades\"", &format!("topic = \"{input}\""))
-        .replace("topic = \"trades-windows\"", &format!("topic = \"{out}\""))
-        .replace(
-            "dead_letter_topic = \"trades-dead-letters\"",
-            &format!("dead_letter_topic = \"{dlq}\""),
-        )
-        .replace(
-            "late_topic = \"trades-late\"",
-            &format!("late_topic = \"{late}\""),
-        );
-    let path = dir.join("trades.toml");
-    std::fs::write(&path, text).expect("write the dataflow");
-    path
-}
-
-/// Generated trades: per partition, (message key, record).
-type Generated = Vec<Vec<(Option<Vec<u8>>, Input)>>;
-
-/// Splits generated trades into what is sent to Kafka and what the test knows of it.
-fn split(data: Generated) -> (Vec<Vec<KeyValue>>, Vec<Vec<Input>>) {
-    data.into_iter()
-        .map(|p| {
-            p.into_iter()
-                .map(|(k, i)| ((k, i.payload.clone()), i))
-                .unzip()
-        })
-        .unzip()
-}
-
-/// Trades over `partitions`, with about 1% invalid and 1% late records, and the hostile
-/// inputs every stream processor meets.
-fn trades(seed: u64, partitions: usize, per_partition: usize) -> Generated {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let statuses = ["pending", "filled", "cancelled"];
-    (0..partitions)
-        .map(|p| {
-            let mut clock: u64 = 1_768_312_800_000 + rng.random_range(0..20_000); // 2026-01-13T14:00Z
-            (0..per_partition)
-                .map(|i| {
-                    clock += rng.random_range(0..40);
-                    let roll: f64 = rng.random();
-                    let time = if roll < 0.01 {
-                        clock - rng.random_range(120_000..600_000) // minutes behind: late
-                    } else {
-                        clock - rng.random_range(0..7_000) // around the 5 s bound
-                    };
-                    let symbol = format!("SYM{:02}", rng.random_range(0..50));
-                    let cents: i64 = rng.random_range(1..100_000_000);
-                    let amount = Decimal::new(cents, 2);
-                    let amount_json = if i % 2 == 0 { amount.to_string() } else { format!("\"{amount}\"") };
-                    let ts = if i % 3 == 0 {
-                        let t = chrono::DateTime::from_timestamp_millis(time as i64).expect("time");
-                        format!("\"{}\"", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                    } else {
-                        time.to_string()
-                    };
-                    let status = statuses[i % 3];
-                    let good = format!(r#"{{"trade_id":"TRX-{p}-{i}","timestamp":{ts},"amount":{amount_json},"symbol":"{symbol}","status":"{status}"}}"#);
-                    let key = if i % 97 == 0 { None } else { Some(symbol.clone().into_bytes()) };
-                    if i == 500 {
-                        // A 1 MiB payload that is a valid trade.
-                        let big = good.replacen('{', &format!(r#"{{"pad":"{}","#, "x".repeat(1 << 20)), 1);
-                        return (key, Input { payload: Some(big.into_bytes()), truth: Ok((time, symbol, amount)) });
-                    }
-                    if rng.random_bool(0.01) {
-                        let (payload, kind): (Option<Vec<u8>>, &'static str) = match rng.random_range(0..9) {
-                            0 => (None, "empty_payload"),
-                            1 => (Some(Vec::new()), "empty_payload"),
-                            2 => (Some(good.as_bytes()[..good.len() / 2].to_vec()), "malformed_json"),
-                            3 => (Some(vec![0xff, 0xfe, 0x00, b'{']), "not_utf8"),
-                            4 => (Some(b"[1,2,3]".to_vec()), "not_an_object"),
-                            5 => (Some(good.replace(&format!("\"{status}\""), "\"exploded\"").into_bytes()), "rule_violation"),
-                            6 => (Some(good.replace(&amount_json, &format!("-{amount}")).into_bytes()), "rule_violation"),
-                            7 => (Some(good.replace(&amount_json, "\"NaN\"").into_bytes()), "invalid_value"),
-                            _ => (Some(good.replace(&amount_json, "1e400").into_bytes()), "invalid_value"),
-                        };
-                        return (key, Input { payload, truth: Err(kind) });
-                    }
-                    (key, Input { payload: Some(good.into_bytes()), truth: Ok((time, symbol, amount)) })
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|records| with_duplicates(&mut rng, records))
-        .collect()
-}
-
-/// Adds what producer retries and careless upstreams do: about 0.5% byte-for-byte copies
-/// of a recent trade (a retry), and 0.3% trades that reuse an earlier trade's id for a new
-/// event (a duplicate only within the dedupe horizon).
-fn with_duplicates(
-    rng: &mut StdRng,
-    records: Vec<(Option<Vec<u8>>, Input)>,
-) -> Vec<(Option<Vec<u8>>, Input)> {
-    let mut out: Vec<(Option<Vec<u8>>, Input)> = Vec::with_capacity(records.len() * 101 / 100);
-    let mut valid: Vec<usize> = Vec::new();
-    let id_of = |payload: &[u8]| -> String {
-        let v: serde_json::Value = serde_json::from_slice(payload).expect("a valid trade is JSON");
-        v["trade_id"].as_str().expect("a trade id").to_string()
-    };
-    for (key, mut input) in records {
-        let small = input.payload.as_ref().is_some_and(|p| p.len() < 10_000);
-        if input.truth.is_ok() && small && !valid.is_empty() && rng.random_bool(0.003) {
-            let back = rng.random_range(1..=valid.len().min(20_000));
-            let earlier = out[valid[valid.len() - back]]
-                .1
-                .payload
-                .as_deref()
-                .expect("valid");
-            let (old, new) = (
-                id_of(input.payload.as_deref().expect("valid")),
-                id_of(earlier),
-            );
-            let payload = String::from_utf8(input.payload.take().expect("valid")).expect("UTF-8");
-            input.payload = Some(payload.replacen(&old, &new, 1).into_bytes());
-        }
-        if input.truth.is_ok() && small {
-            valid.push(out.len());
-        }
-        out.push((key, input));
-        if !valid.is_empty() && rng.random_bool(0.005) {
-            let back = rng.random_range(1..=valid.len().min(200));
-            let copy = out[valid[valid.len() - back]].clone();
-            out.push(copy);
-        }
-    }
-    out
-}
 
 #[test]
 fn trades_end_to_end_match_an_independent_recomputation() {
@@ -1006,5 +635,59 @@ fn a_replay_from_a_timestamp_adds_nothing_already_committed() {
         "replay: the first run committed {} of {} windows; the replay from {from} added the rest, none twice",
         first.windows.len(),
         expected.windows.len()
+    );
+}
+
+/// A commit that fails (its transaction aborted, as a broker does when a transaction times
+/// out) does not end the run: it restarts in-process from the committed progress, after a
+/// pause, and the output stays exact.
+#[test]
+fn a_failed_commit_restarts_the_run_in_process_and_stays_exact() {
+    const PARTITIONS: usize = 4;
+    let (input, out, dlq, late) = (unique("failcommit"), unique("o"), unique("d"), unique("l"));
+    create_topic(&input, PARTITIONS as i32);
+    let (records, inputs) = split(trades(31, PARTITIONS, 8_000));
+    produce(&input, &records);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let config = dir.path().join("fast-commits.toml");
+    std::fs::write(&config, "[processing]\ncommit_interval = \"20ms\"\n").expect("write");
+    let run = Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args([
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "2",
+        ])
+        .args([
+            "--until",
+            "end",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ])
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", unique("failcommit-app"))
+        .env("WATERLINE_FAULT", "commit-fails:6")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("waterline runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "the run completes despite the failed commit:\n{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("restarting from the committed progress")
+            .count(),
+        1,
+        "one in-process restart:\n{stderr}"
+    );
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
+    assert_matches(
+        &committed(&out, &dlq, &late),
+        &expected,
+        "after a failed commit",
     );
 }

@@ -243,10 +243,19 @@ impl Writer for KafkaWriter {
             .send(record)
             .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
         crate::fault::point("before-commit");
+        if self.transactional && crate::fault::fails("commit-fails") {
+            self.abort();
+            return Err("commit failed: transaction aborted (injected by WATERLINE_FAULT)".into());
+        }
         if self.transactional {
             self.producer
                 .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
-                .map_err(|e| format!("commit failed: {e}"))?;
+                .map_err(|e| match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::ProducerFenced) => format!(
+                        "fenced: another instance of this job took over ({e}); this one stops"
+                    ),
+                    _ => format!("commit failed: {e}"),
+                })?;
             self.in_transaction = false;
         } else {
             self.producer

@@ -2,6 +2,8 @@
 //! must output, written from the rules alone, and readers of what it did output.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
