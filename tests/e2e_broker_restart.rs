@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
-use common::{assert_matches, recompute_deduped};
+use common::{assert_matches, recompute_deduped, report};
 
 const PORT: &str = "19192";
 
@@ -167,13 +167,13 @@ fn a_broker_restart_under_a_running_pipeline_loses_and_doubles_nothing() {
     let restarts = text
         .matches("restarting from the committed progress")
         .count();
-    eprintln!(
+    report(&format!(
         "broker restarts: outages of {:?}; the pipeline kept running ({restarts} in-process restarts); \
          committed output equals the recomputation exactly ({} windows, {} dead letters, {} late records)",
         outages.iter().map(|o| o.1).collect::<Vec<_>>(),
         expected.windows.len(),
         expected.dead.len(),
         expected.late.len()
-    );
+    ));
     drop(guard);
 }

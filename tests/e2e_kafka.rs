@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::kafka::*;
-use common::{Expected, Input, absorb, assert_matches, recompute_deduped};
+use common::{Expected, Input, absorb, assert_matches, recompute_deduped, report};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -438,14 +438,14 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
     let records: usize = inputs.iter().map(Vec::len).sum();
     let duplicates = expected.dead.iter().filter(|d| d.2 == "duplicate").count();
     assert!(duplicates > 500, "the input has duplicates ({duplicates})");
-    eprintln!(
+    assert!(kills >= 10, "at least ten kills happened ({kills})");
+    report(&format!(
         "chaos: {kills} kills with SIGKILL, {records} records in; committed output equals the recomputation exactly \
          ({} windows, {} dead letters of which {duplicates} duplicates, {} late records, nothing twice, nothing missing)",
         expected.windows.len(),
         expected.dead.len(),
         expected.late.len()
-    );
-    assert!(kills >= 10, "at least ten kills happened ({kills})");
+    ));
 }
 
 /// Crashes at precise steps (`WATERLINE_FAULT`): after a commit's outputs were written but
@@ -523,7 +523,9 @@ fn fault_points_then_restart_are_exactly_once() {
         );
         let got = committed(&o, &d, &l);
         assert_matches(&got, &expected, &format!("after fault points {faults:?}"));
-        eprintln!("fault points {faults:?} then restart: committed output exact");
+        report(&format!(
+            "fault points {faults:?} then restart: committed output exact"
+        ));
     }
 }
 
@@ -631,11 +633,11 @@ fn a_replay_from_a_timestamp_adds_nothing_already_committed() {
     let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
     let got = committed(&out, &dlq, &late);
     assert_matches(&got, &expected, "after a replay into the same topics");
-    eprintln!(
+    report(&format!(
         "replay: the first run committed {} of {} windows; the replay from {from} added the rest, none twice",
         first.windows.len(),
         expected.windows.len()
-    );
+    ));
 }
 
 /// A commit that fails (its transaction aborted, as a broker does when a transaction times

@@ -234,6 +234,13 @@ pub fn absorb(got: &mut Expected, role: &str, payload: &[u8]) {
     }
 }
 
+/// Prints a test's result summary to the process's stderr, past the test harness's output
+/// capture, so that CI logs show it for passing tests too.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Asserts two sets are equal, showing only the differences.
 pub fn same_set<T: Ord + std::fmt::Debug>(got: &BTreeSet<T>, expected: &BTreeSet<T>, what: &str) {
     let missing: Vec<_> = expected.difference(got).take(10).collect();
