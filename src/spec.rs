@@ -21,7 +21,7 @@
 //! gt = "0"
 //! [[windows]]
 //! name = "trades_1m"
-//! kind = "tumbling"
+//! kind = "tumbling"                # or "hopping" (alias "sliding") with slide = "10s"
 //! size = "1m"
 //! grace = "10s"
 //! field = "amount"
@@ -232,6 +232,14 @@ pub enum WindowKind {
         /// Window length in milliseconds.
         size_ms: u64,
     },
+    /// `[start, start + size)` for every `start` that is a multiple of `slide`, aligned to
+    /// the epoch (Flink's sliding windows, Kafka Streams' hopping windows).
+    Hopping {
+        /// Window length in milliseconds.
+        size_ms: u64,
+        /// Distance between window starts in milliseconds (at most `size_ms`).
+        slide_ms: u64,
+    },
 }
 
 /// One windowed aggregation.
@@ -346,7 +354,9 @@ impl PipelineSpec {
         self.windows
             .iter()
             .map(|w| match w.kind {
-                WindowKind::Tumbling { size_ms } => size_ms.saturating_add(w.grace_ms),
+                WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
+                    size_ms.saturating_add(w.grace_ms)
+                }
             })
             .max()
             .unwrap_or(0)
@@ -669,10 +679,38 @@ fn read_window(
                 None => None,
             }
         }
+        Some("hopping" | "sliding") => {
+            let size = t.duration("size", problems).map(millis);
+            let slide = t.duration("slide", problems).map(millis);
+            match (size, slide) {
+                (Some(0), _) => {
+                    problems.field(&t.path_of("size"), "must be at least 1ms");
+                    None
+                }
+                (_, Some(0)) => {
+                    problems.field(&t.path_of("slide"), "must be at least 1ms");
+                    None
+                }
+                (Some(size_ms), Some(slide_ms)) if slide_ms > size_ms => {
+                    problems.field(
+                        &t.path_of("slide"),
+                        format!(
+                            "must be at most the size ({size_ms} ms); a slide longer than the \
+                             window would leave records in no window"
+                        ),
+                    );
+                    None
+                }
+                (Some(size_ms), Some(slide_ms)) => Some(WindowKind::Hopping { size_ms, slide_ms }),
+                _ => None,
+            }
+        }
         Some(other) => {
             problems.field(
                 &t.path_of("kind"),
-                format!("unknown window kind `{other}`; this version supports \"tumbling\""),
+                format!(
+                    "unknown window kind `{other}`; this version supports \"tumbling\" and \"hopping\" (or \"sliding\")"
+                ),
             );
             None
         }
@@ -802,7 +840,7 @@ field = "nope"
 gt = 0
 [[windows]]
 name = "w"
-kind = "hopping"
+kind = "session"
 aggregates = ["count", "median"]
 colour = "blue"
 [dedupe]
@@ -819,7 +857,7 @@ late_topic = "l"
             "`input.idle_timeout`: must be greater than zero",
             "`validation.fields.amount`: unknown type `money`",
             "`validation.rules[0].field`: `nope` is not declared",
-            "`windows[0].kind`: unknown window kind `hopping`",
+            "`windows[0].kind`: unknown window kind `session`",
             "`windows[0].aggregates[1]`: unknown aggregate `median`",
             "`windows[0].colour`: is not a known setting",
             "`output.dead_letter_topic`: is required",

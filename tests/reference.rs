@@ -17,21 +17,33 @@ use waterline::pipeline;
 use waterline::spec::PipelineSpec;
 
 const OOO_MS: u64 = 200;
-/// The two windows the test dataflow declares.
-const WINDOWS: [Win; 2] = [
+/// The windows of the test dataflow: two tumbling, one hopping.
+const WINDOWS: [Win; 3] = [
     Win {
         name: "small",
         size: 1_000,
+        slide: 1_000,
         grace: 300,
         avg_scale: 2,
     },
     Win {
         name: "large",
         size: 5_000,
+        slide: 5_000,
         grace: 0,
         avg_scale: 3,
     },
+    Win {
+        name: "hop",
+        size: 2_000,
+        slide: 500,
+        grace: 200,
+        avg_scale: 4,
+    },
 ];
+/// The tumbling ones: with idleness the test knows only which records were late for a
+/// whole window spec, not for which of a hopping record's windows.
+const TUMBLING: [Win; 2] = [WINDOWS[0], WINDOWS[1]];
 const PARTITIONS: i32 = 5;
 const DEDUPE_MS: u64 = 10_000;
 const DEDUPE: Dedupe = Dedupe {
@@ -42,11 +54,11 @@ const DEDUPE: Dedupe = Dedupe {
 const OUT_PARTITIONS: i32 = 3;
 
 fn spec() -> PipelineSpec {
-    spec_idle_after("1h")
+    spec_with("1h", &WINDOWS)
 }
 
-fn spec_idle_after(idle_timeout: &str) -> PipelineSpec {
-    let text = format!(
+fn spec_with(idle_timeout: &str, windows: &[Win]) -> PipelineSpec {
+    let mut text = format!(
         r#"
 name = "reference"
 [input]
@@ -64,37 +76,33 @@ ge = "-1000"
 [dedupe]
 horizon = {DEDUPE_MS}
 dead_letter = true
-[[windows]]
-name = "{}"
-kind = "tumbling"
-size = {}
-grace = {}
-field = "v"
-aggregates = ["count", "sum", "min", "max", "avg"]
-avg_scale = 2
-topic = "out-small"
-[[windows]]
-name = "{}"
-kind = "tumbling"
-size = {}
-grace = {}
-field = "v"
-aggregates = ["count", "sum", "min", "max", "avg"]
-avg_scale = 3
-topic = "out-large"
 [output]
 topic = "out"
 dead_letter_topic = "dlq"
 late_topic = "late"
 partitions = {OUT_PARTITIONS}
-"#,
-        WINDOWS[0].name,
-        WINDOWS[0].size,
-        WINDOWS[0].grace,
-        WINDOWS[1].name,
-        WINDOWS[1].size,
-        WINDOWS[1].grace
+"#
     );
+    for w in windows {
+        let kind = if w.slide == w.size {
+            "kind = \"tumbling\"".to_string()
+        } else {
+            format!("kind = \"hopping\"\nslide = {}", w.slide)
+        };
+        text.push_str(&format!(
+            r#"[[windows]]
+name = "{}"
+{kind}
+size = {}
+grace = {}
+field = "v"
+aggregates = ["count", "sum", "min", "max", "avg"]
+avg_scale = {}
+topic = "out-{}"
+"#,
+            w.name, w.size, w.grace, w.avg_scale, w.name
+        ));
+    }
     PipelineSpec::from_toml("reference", &text).expect("the test dataflow is valid")
 }
 
@@ -228,7 +236,7 @@ fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
                 "dead"
             }
             "late" => "late",
-            "out-small" | "out-large" => "window",
+            "out-small" | "out-large" | "out-hop" => "window",
             other => panic!("unexpected topic {other}"),
         };
         if role != "dead" {
@@ -287,15 +295,18 @@ fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
 #[test]
 fn output_bytes_do_not_depend_on_the_worker_count_or_read_interleaving() {
     let input = generate(99, 800);
+    let (one, topics) = run(&input, 1, 7);
+    assert_eq!(
+        topics.names,
+        vec!["out-small", "out-large", "out-hop", "dlq", "late"]
+    );
     let sorted = |mut v: Vec<OutRecord>| {
         // Dead letters carry the wall-clock time they were refused; everything else is a
         // pure function of the input.
-        v.retain(|r| r.topic != 2);
+        v.retain(|r| r.topic != topics.dead_letter);
         v.sort();
         v
     };
-    let (one, topics) = run(&input, 1, 7);
-    assert_eq!(topics.names, vec!["out-small", "out-large", "dlq", "late"]);
     // Eight workers for five partitions: three have none and must release at once.
     let (eight, _) = run(&input, 8, 131);
     assert_eq!(sorted(one), sorted(eight));
@@ -447,7 +458,7 @@ fn idleness_decisions_are_replayed_after_a_crash() {
     use waterline::progress::{self, Recovery};
     use waterline::sink::memory::Committed;
 
-    let spec = spec_idle_after("2ms");
+    let spec = spec_with("2ms", &TUMBLING);
     let topics = Topics::new(&spec, |_| OUT_PARTITIONS);
     let workers = 2;
     let input = generate(21, 3_000);
@@ -456,7 +467,7 @@ fn idleness_decisions_are_replayed_after_a_crash() {
         .enumerate()
         .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
         .collect();
-    let without_idleness = recompute_deduped(&input, OOO_MS, &WINDOWS, DEDUPE);
+    let without_idleness = recompute_deduped(&input, OOO_MS, &TUMBLING, DEDUPE);
     let stalls = vec![(1, 300, Duration::from_millis(200))];
     let resumed_stalls = vec![(1, 150, Duration::from_millis(100))];
     let mut idled = 0;
@@ -512,7 +523,7 @@ fn idleness_decisions_are_replayed_after_a_crash() {
         if got.late.len() > without_idleness.late.len() {
             idled += 1;
         }
-        let expected = recompute_with_late(&input, &WINDOWS, &got.late, Some(DEDUPE));
+        let expected = recompute_with_late(&input, &TUMBLING, &got.late, Some(DEDUPE));
         assert_matches(
             &got,
             &expected,

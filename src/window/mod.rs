@@ -2,10 +2,12 @@
 //!
 //! A window `[start, end)` of a spec with grace `g` closes when the frontier reaches
 //! `end + g`. A record at event time `t` read from a partition whose watermark is `wm` is
-//! **late** for that spec when its window has already closed there: `end + g <= wm`. The
+//! **late** for that spec when its window has already closed there: `end + g <= wm` (for
+//! hopping windows: when every window it belongs to has). The
 //! decision depends only on the partition's own sequence of records, so a replay of the
 //! same offsets classifies every record the same way.
 
+pub mod hopping;
 pub mod operator;
 pub mod tumbling;
 
@@ -14,10 +16,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{WindowKind, WindowSpec};
 
-/// The window of `spec` that contains event time `t`, as `(start, end)`.
+/// The windows of `kind` that contain event time `t`, as `(start, end)`, latest first.
+pub fn windows_of(kind: WindowKind, t: u64) -> impl Iterator<Item = (u64, u64)> {
+    let (size, slide) = match kind {
+        WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
+        WindowKind::Hopping { size_ms, slide_ms } => (size_ms, slide_ms),
+    };
+    hopping::assign(size, slide, t)
+}
+
+/// The latest-ending window of `kind` that contains `t`: the last of its windows to close.
 pub fn assign(kind: WindowKind, t: u64) -> (u64, u64) {
     match kind {
         WindowKind::Tumbling { size_ms } => tumbling::assign(size_ms, t),
+        WindowKind::Hopping { .. } => windows_of(kind, t)
+            .next()
+            .expect("every time is in the window starting at its last slide"),
+    }
+}
+
+/// The end of the window of `kind` that starts at `start`.
+pub fn end_of(kind: WindowKind, start: u64) -> u64 {
+    match kind {
+        WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
+            start.saturating_add(size_ms)
+        }
     }
 }
 
@@ -26,7 +49,9 @@ pub fn close_time(spec: &WindowSpec, end: u64) -> u64 {
     end.saturating_add(spec.grace_ms)
 }
 
-/// Whether a record at `t` is late for `spec` at partition watermark `wm`.
+/// Whether a record at `t` is late for `spec` at partition watermark `wm`: every window
+/// of `spec` it belongs to has closed (it then goes to the late topic). A hopping-window
+/// record that is late for some of its windows only counts in the others.
 pub fn is_late(spec: &WindowSpec, t: u64, wm: u64) -> bool {
     let (_, end) = assign(spec.kind, t);
     close_time(spec, end) <= wm

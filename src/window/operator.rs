@@ -23,7 +23,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::{Accumulator, assign, close_time, is_late};
+use super::{Accumulator, close_time, end_of, windows_of};
 use crate::codec::Event;
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, Topics};
@@ -62,18 +62,21 @@ pub fn windows<'s>(
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
                         for (event, wm) in batch.drain(..) {
-                            if is_late(w, event.time, wm) {
-                                continue;
-                            }
-                            let (start, end) = assign(w.kind, event.time);
-                            let close = close_time(w, end);
                             let value = w.value.map(|i| event.values[i]).unwrap_or_default();
-                            let (_, accs) = open
-                                .entry(close)
-                                .or_insert_with(|| (cap.delayed(&close, out_port), HashMap::new()));
-                            accs.entry((event.key, start))
-                                .and_modify(|acc| acc.add(value))
-                                .or_insert_with(|| Accumulator::of(value));
+                            // Each window the event belongs to that has not closed at its
+                            // partition's watermark (none, when it is late for them all).
+                            for (start, end) in windows_of(w.kind, event.time) {
+                                let close = close_time(w, end);
+                                if close <= wm {
+                                    break; // this one and every earlier one have closed
+                                }
+                                let (_, accs) = open.entry(close).or_insert_with(|| {
+                                    (cap.delayed(&close, out_port), HashMap::new())
+                                });
+                                accs.entry((event.key.clone(), start))
+                                    .and_modify(|acc| acc.add(value))
+                                    .or_insert_with(|| Accumulator::of(value));
+                            }
                         }
                     }
                 });
@@ -86,7 +89,7 @@ pub fn windows<'s>(
                     results.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let mut session = output.session(&cap);
                     for ((key, start), acc) in results {
-                        let (_, end) = assign(w.kind, start);
+                        let end = end_of(w.kind, start);
                         metrics.windows_emitted.inc();
                         session.give(output::window_result(
                             &topics, index, w, &key, start, end, &acc,

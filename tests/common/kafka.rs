@@ -239,6 +239,7 @@ pub const SHIPPED: &str = include_str!("../../dataflows/trades.toml");
 pub const TRADES_WINDOW: Win = Win {
     name: "trades_1m",
     size: 60_000,
+    slide: 60_000,
     grace: 10_000,
     avg_scale: 2,
 };

@@ -14,6 +14,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 pub struct Win {
     pub name: &'static str,
     pub size: u64,
+    /// Distance between window starts: `size` for tumbling windows.
+    pub slide: u64,
     pub grace: u64,
     pub avg_scale: u32,
 }
@@ -108,18 +110,31 @@ fn compute(
                 Ok(x) => x,
             };
             max_seen = Some(max_seen.map_or(*t, |m| m.max(*t)));
-            let late: Vec<bool> = windows
+            let wm = match &lateness {
+                Lateness::Watermark(ooo) => Some(max_seen.unwrap_or(0).saturating_sub(*ooo)),
+                Lateness::Given(_) => None,
+            };
+            // Per window spec, the starts of the windows the record counts in.
+            let open: Vec<Vec<u64>> = windows
                 .iter()
-                .map(|w| match &lateness {
-                    Lateness::Watermark(ooo) => {
-                        let wm = max_seen.unwrap_or(0).saturating_sub(*ooo);
-                        t / w.size * w.size + w.size + w.grace <= wm
-                    }
-                    Lateness::Given(set) => {
-                        set.contains(&(w.name.to_string(), p as i32, offset as i64))
+                .map(|w| {
+                    // Multiples of the slide in (t − size, t].
+                    let first = (t + 1).saturating_sub(w.size).div_ceil(w.slide) * w.slide;
+                    let starts = (first..=*t).step_by(w.slide as usize);
+                    match (&lateness, wm) {
+                        (Lateness::Given(set), _) => {
+                            if set.contains(&(w.name.to_string(), p as i32, offset as i64)) {
+                                Vec::new()
+                            } else {
+                                starts.collect()
+                            }
+                        }
+                        (_, Some(wm)) => starts.filter(|s| s + w.size + w.grace > wm).collect(),
+                        _ => unreachable!("a watermark or a given set"),
                     }
                 })
                 .collect();
+            let late: Vec<bool> = open.iter().map(Vec::is_empty).collect();
             if let Some(d) = dedupe
                 && late.iter().any(|l| !l)
             {
@@ -139,13 +154,14 @@ fn compute(
                     continue;
                 }
             }
-            for (w, late) in windows.iter().zip(late) {
-                if late {
+            for (w, starts) in windows.iter().zip(open) {
+                if starts.is_empty() {
                     expected
                         .late
                         .insert((w.name.to_string(), p as i32, offset as i64));
-                } else {
-                    accs.entry((w.name.to_string(), key.clone(), t / w.size * w.size))
+                }
+                for start in starts {
+                    accs.entry((w.name.to_string(), key.clone(), start))
                         .or_default()
                         .push(*v);
                 }
