@@ -6,14 +6,14 @@ use waterline::pipeline;
 use waterline::spec::PipelineSpec;
 
 /// A window result: (start, end, count, sum).
-type Result = (u64, u64, u64, String);
+type WindowRow = (u64, u64, u64, String);
 /// A late record: (event time, the window it missed).
 type Late = (u64, u64);
 
 /// Runs `window` (a `[[windows]]` body) with out-of-orderness 0 over one partition of
 /// `(time, value)` events; returns the window results as (start, end, count, sum) and the
 /// late records as (time, window start).
-fn run(window: &str, events: &[(u64, &str)]) -> (Vec<Result>, Vec<Late>) {
+fn run(window: &str, events: &[(u64, &str)]) -> (Vec<WindowRow>, Vec<Late>) {
     let text = format!(
         r#"
 name = "golden"
