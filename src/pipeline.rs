@@ -28,7 +28,9 @@ use crate::sink::{self, SinkConfig, SinkState, Writer};
 use crate::source::memory::{MemoryReader, Payloads};
 use crate::source::{self, Reader, SourceControl};
 use crate::spec::PipelineSpec;
+use crate::spec::WindowKind;
 use crate::window::operator::windows;
+use crate::window::session::sessions;
 
 /// Builds the dataflow on `worker`; returns the state the worker loop watches.
 #[allow(clippy::too_many_arguments)]
@@ -60,7 +62,11 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
         let (events, side) = items.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
         let mut outputs = vec![side];
         for index in 0..spec.windows.len() {
-            outputs.push(windows(
+            let operator = match spec.windows[index].kind {
+                WindowKind::Session { .. } => sessions,
+                _ => windows,
+            };
+            outputs.push(operator(
                 events.clone(),
                 Rc::clone(&spec),
                 index,

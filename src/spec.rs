@@ -240,6 +240,14 @@ pub enum WindowKind {
         /// Distance between window starts in milliseconds (at most `size_ms`).
         slide_ms: u64,
     },
+    /// Per key, runs of records each at most `gap` after the previous one, cut at
+    /// epoch-aligned spans of `max_duration` ([`crate::window::session`]).
+    Session {
+        /// Inactivity gap in milliseconds.
+        gap_ms: u64,
+        /// The longest a session can last, in milliseconds.
+        max_duration_ms: u64,
+    },
 }
 
 /// One windowed aggregation.
@@ -357,6 +365,9 @@ impl PipelineSpec {
                 WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
                     size_ms.saturating_add(w.grace_ms)
                 }
+                WindowKind::Session {
+                    max_duration_ms, ..
+                } => max_duration_ms.saturating_add(w.grace_ms),
             })
             .max()
             .unwrap_or(0)
@@ -705,11 +716,33 @@ fn read_window(
                 _ => None,
             }
         }
+        Some("session") => {
+            let gap = t.duration("gap", problems).map(millis);
+            let max = t.duration("max_duration", problems).map(millis);
+            match (gap, max) {
+                (Some(0), _) => {
+                    problems.field(&t.path_of("gap"), "must be at least 1ms");
+                    None
+                }
+                (Some(gap_ms), Some(max_duration_ms)) if max_duration_ms < gap_ms => {
+                    problems.field(
+                        &t.path_of("max_duration"),
+                        format!("must be at least the gap ({gap_ms} ms)"),
+                    );
+                    None
+                }
+                (Some(gap_ms), Some(max_duration_ms)) => Some(WindowKind::Session {
+                    gap_ms,
+                    max_duration_ms,
+                }),
+                _ => None,
+            }
+        }
         Some(other) => {
             problems.field(
                 &t.path_of("kind"),
                 format!(
-                    "unknown window kind `{other}`; this version supports \"tumbling\" and \"hopping\" (or \"sliding\")"
+                    "unknown window kind `{other}`; use \"tumbling\", \"hopping\" (or \"sliding\") or \"session\""
                 ),
             );
             None
@@ -840,7 +873,7 @@ field = "nope"
 gt = 0
 [[windows]]
 name = "w"
-kind = "session"
+kind = "calendar"
 aggregates = ["count", "median"]
 colour = "blue"
 [dedupe]
@@ -857,7 +890,7 @@ late_topic = "l"
             "`input.idle_timeout`: must be greater than zero",
             "`validation.fields.amount`: unknown type `money`",
             "`validation.rules[0].field`: `nope` is not declared",
-            "`windows[0].kind`: unknown window kind `session`",
+            "`windows[0].kind`: unknown window kind `calendar`",
             "`windows[0].aggregates[1]`: unknown aggregate `median`",
             "`windows[0].colour`: is not a known setting",
             "`output.dead_letter_topic`: is required",

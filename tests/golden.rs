@@ -124,3 +124,63 @@ slide = 5"#,
     );
     assert_eq!(late, vec![(4, 0)]);
 }
+
+#[test]
+fn kafka_streams_session_example_merges_when_the_gap_is_filled() {
+    // Gap 5: records at 10, 12 and 20 make [10, 17) and [20, 25) (Kafka Streams writes
+    // them [10, 12] and [20, 20]); a record at 16 then merges them into [10, 25). Grace 10
+    // keeps the first session open until 16 arrives.
+    let (windows, late) = run(
+        r#"kind = "session"
+gap = 5
+max_duration = 1000
+grace = 10"#,
+        &[(10, "1"), (12, "2"), (20, "4"), (16, "8")],
+    );
+    assert_eq!(windows, vec![(10, 25, 4, "15".into())]);
+    assert!(late.is_empty());
+    // Without the record at 16, two sessions.
+    let (windows, _) = run(
+        r#"kind = "session"
+gap = 5
+max_duration = 1000
+grace = 10"#,
+        &[(10, "1"), (12, "2"), (20, "4")],
+    );
+    assert_eq!(
+        windows,
+        vec![(10, 17, 2, "3".into()), (20, 25, 1, "4".into())]
+    );
+}
+
+#[test]
+fn touching_sessions_merge_and_max_duration_cuts_them() {
+    // [10, 15) and [15, 20) touch: one session. With max_duration 20, a record at 18 opens
+    // [18, 20) (cut at 20) and one at 21 opens [21, 26) in the next span: two sessions,
+    // though 21 is within the gap of 18.
+    let (windows, _) = run(
+        r#"kind = "session"
+gap = 5
+max_duration = 20"#,
+        &[(10, "1"), (15, "2"), (18, "4"), (21, "8")],
+    );
+    assert_eq!(
+        windows,
+        vec![(10, 20, 3, "7".into()), (21, 26, 1, "8".into())]
+    );
+}
+
+#[test]
+fn a_session_record_is_late_once_its_time_plus_grace_is_below_the_watermark() {
+    // Grace 3: after 20 (watermark 20), 17 is on time (17 + 3 is not below 20) and joins
+    // the session; 16 arrives after 21 (watermark 21): 16 + 3 < 21, late.
+    let (windows, late) = run(
+        r#"kind = "session"
+gap = 5
+max_duration = 1000
+grace = 3"#,
+        &[(15, "1"), (20, "2"), (17, "4"), (21, "8"), (16, "16")],
+    );
+    assert_eq!(windows, vec![(15, 26, 4, "15".into())]);
+    assert_eq!(late, vec![(16, 16)]);
+}

@@ -17,12 +17,13 @@ use waterline::pipeline;
 use waterline::spec::PipelineSpec;
 
 const OOO_MS: u64 = 200;
-/// The windows of the test dataflow: two tumbling, one hopping.
-const WINDOWS: [Win; 3] = [
+/// The windows of the test dataflow: two tumbling, one hopping, one of sessions.
+const WINDOWS: [Win; 4] = [
     Win {
         name: "small",
         size: 1_000,
         slide: 1_000,
+        gap: 0,
         grace: 300,
         avg_scale: 2,
     },
@@ -30,6 +31,7 @@ const WINDOWS: [Win; 3] = [
         name: "large",
         size: 5_000,
         slide: 5_000,
+        gap: 0,
         grace: 0,
         avg_scale: 3,
     },
@@ -37,8 +39,17 @@ const WINDOWS: [Win; 3] = [
         name: "hop",
         size: 2_000,
         slide: 500,
+        gap: 0,
         grace: 200,
         avg_scale: 4,
+    },
+    Win {
+        name: "sess",
+        size: 4_000,
+        slide: 4_000,
+        gap: 150,
+        grace: 100,
+        avg_scale: 2,
     },
 ];
 /// The tumbling ones: with idleness the test knows only which records were late for a
@@ -84,23 +95,27 @@ partitions = {OUT_PARTITIONS}
 "#
     );
     for w in windows {
-        let kind = if w.slide == w.size {
-            "kind = \"tumbling\"".to_string()
+        let kind = if w.gap > 0 {
+            format!(
+                "kind = \"session\"\ngap = {}\nmax_duration = {}",
+                w.gap, w.size
+            )
+        } else if w.slide == w.size {
+            format!("kind = \"tumbling\"\nsize = {}", w.size)
         } else {
-            format!("kind = \"hopping\"\nslide = {}", w.slide)
+            format!("kind = \"hopping\"\nsize = {}\nslide = {}", w.size, w.slide)
         };
         text.push_str(&format!(
             r#"[[windows]]
 name = "{}"
 {kind}
-size = {}
 grace = {}
 field = "v"
 aggregates = ["count", "sum", "min", "max", "avg"]
 avg_scale = {}
 topic = "out-{}"
 "#,
-            w.name, w.size, w.grace, w.avg_scale, w.name
+            w.name, w.grace, w.avg_scale, w.name
         ));
     }
     PipelineSpec::from_toml("reference", &text).expect("the test dataflow is valid")
@@ -236,7 +251,7 @@ fn collect(records: &[OutRecord], topics: &Topics) -> Expected {
                 "dead"
             }
             "late" => "late",
-            "out-small" | "out-large" | "out-hop" => "window",
+            "out-small" | "out-large" | "out-hop" | "out-sess" => "window",
             other => panic!("unexpected topic {other}"),
         };
         if role != "dead" {
@@ -283,6 +298,17 @@ fn windows_match_a_naive_recomputation_for_1_2_and_4_workers() {
             "the input exercises dedupe ({duplicates} duplicates)"
         );
         assert!(expected.windows.len() > 50);
+        let sessions: Vec<u64> = expected
+            .windows
+            .iter()
+            .filter(|(k, _)| k.0 == "sess")
+            .map(|(_, v)| v.0)
+            .collect();
+        assert!(
+            sessions.len() > 50 && sessions.iter().any(|c| *c >= 3) && sessions.contains(&1),
+            "the input exercises sessions of one and of many records ({} sessions)",
+            sessions.len()
+        );
         for workers in [1, 2, 4] {
             let chunk = 1 + (seed as usize * 37 + workers * 11) % 200;
             let (records, topics) = run(&input, workers, chunk);
@@ -298,7 +324,14 @@ fn output_bytes_do_not_depend_on_the_worker_count_or_read_interleaving() {
     let (one, topics) = run(&input, 1, 7);
     assert_eq!(
         topics.names,
-        vec!["out-small", "out-large", "out-hop", "dlq", "late"]
+        vec![
+            "out-small",
+            "out-large",
+            "out-hop",
+            "out-sess",
+            "dlq",
+            "late"
+        ]
     );
     let sorted = |mut v: Vec<OutRecord>| {
         // Dead letters carry the wall-clock time they were refused; everything else is a

@@ -9,6 +9,7 @@
 
 pub mod hopping;
 pub mod operator;
+pub mod session;
 pub mod tumbling;
 
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -16,13 +17,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{WindowKind, WindowSpec};
 
-/// The windows of `kind` that contain event time `t`, as `(start, end)`, latest first.
+/// The windows of `kind` that contain event time `t`, as `(start, end)`, latest first (for
+/// sessions: the interval the record opens; sessions merge in their own operator).
 pub fn windows_of(kind: WindowKind, t: u64) -> impl Iterator<Item = (u64, u64)> {
-    let (size, slide) = match kind {
-        WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
-        WindowKind::Hopping { size_ms, slide_ms } => (size_ms, slide_ms),
+    let (size, slide, own) = match kind {
+        WindowKind::Tumbling { size_ms } => (size_ms, size_ms, None),
+        WindowKind::Hopping { size_ms, slide_ms } => (size_ms, slide_ms, None),
+        WindowKind::Session {
+            gap_ms,
+            max_duration_ms,
+        } => (0, 1, Some(session::interval(gap_ms, max_duration_ms, t))),
     };
-    hopping::assign(size, slide, t)
+    hopping::assign(size, slide, t).chain(own)
 }
 
 /// The latest-ending window of `kind` that contains `t`: the last of its windows to close.
@@ -32,6 +38,10 @@ pub fn assign(kind: WindowKind, t: u64) -> (u64, u64) {
         WindowKind::Hopping { .. } => windows_of(kind, t)
             .next()
             .expect("every time is in the window starting at its last slide"),
+        WindowKind::Session {
+            gap_ms,
+            max_duration_ms,
+        } => session::interval(gap_ms, max_duration_ms, t),
     }
 }
 
@@ -41,6 +51,10 @@ pub fn end_of(kind: WindowKind, start: u64) -> u64 {
         WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
             start.saturating_add(size_ms)
         }
+        WindowKind::Session {
+            gap_ms,
+            max_duration_ms,
+        } => session::interval(gap_ms, max_duration_ms, start).1,
     }
 }
 
@@ -53,8 +67,11 @@ pub fn close_time(spec: &WindowSpec, end: u64) -> u64 {
 /// of `spec` it belongs to has closed (it then goes to the late topic). A hopping-window
 /// record that is late for some of its windows only counts in the others.
 pub fn is_late(spec: &WindowSpec, t: u64, wm: u64) -> bool {
-    let (_, end) = assign(spec.kind, t);
-    close_time(spec, end) <= wm
+    match spec.kind {
+        // A session it could join ends at or after `t` (see `session`).
+        WindowKind::Session { .. } => close_time(spec, t) < wm,
+        kind => close_time(spec, assign(kind, t).1) <= wm,
+    }
 }
 
 /// Exact running aggregates of one (key, window). Merging is associative and commutative,

@@ -240,6 +240,7 @@ pub const TRADES_WINDOW: Win = Win {
     name: "trades_1m",
     size: 60_000,
     slide: 60_000,
+    gap: 0,
     grace: 10_000,
     avg_scale: 2,
 };

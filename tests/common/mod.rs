@@ -16,6 +16,9 @@ pub struct Win {
     pub size: u64,
     /// Distance between window starts: `size` for tumbling windows.
     pub slide: u64,
+    /// Session windows: the inactivity gap (0: not sessions); `size` is then the span
+    /// sessions are cut at (`max_duration`).
+    pub gap: u64,
     pub grace: u64,
     pub avg_scale: u32,
 }
@@ -96,6 +99,9 @@ fn compute(
 ) -> Expected {
     let mut expected = Expected::default();
     let mut accs: BTreeMap<(String, String, u64), Vec<Decimal>> = BTreeMap::new();
+    // (window, key, span) → on-time (time, value) of session windows.
+    type Spans<'w> = BTreeMap<(&'w str, String, u64), Vec<(u64, Decimal)>>;
+    let mut session_records: Spans<'_> = BTreeMap::new();
     for (p, records) in partitions.iter().enumerate() {
         let mut max_seen: Option<u64> = None;
         let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -114,10 +120,21 @@ fn compute(
                 Lateness::Watermark(ooo) => Some(max_seen.unwrap_or(0).saturating_sub(*ooo)),
                 Lateness::Given(_) => None,
             };
-            // Per window spec, the starts of the windows the record counts in.
+            // Per window spec, the starts of the windows the record counts in (sessions:
+            // its own time, merged below).
             let open: Vec<Vec<u64>> = windows
                 .iter()
                 .map(|w| {
+                    if w.gap > 0 {
+                        let on_time = match (&lateness, wm) {
+                            (Lateness::Given(set), _) => {
+                                !set.contains(&(w.name.to_string(), p as i32, offset as i64))
+                            }
+                            (_, Some(wm)) => t + w.grace >= wm,
+                            _ => unreachable!("a watermark or a given set"),
+                        };
+                        return if on_time { vec![*t] } else { Vec::new() };
+                    }
                     // Multiples of the slide in (t − size, t].
                     let first = (t + 1).saturating_sub(w.size).div_ceil(w.slide) * w.slide;
                     let starts = (first..=*t).step_by(w.slide as usize);
@@ -161,11 +178,35 @@ fn compute(
                         .insert((w.name.to_string(), p as i32, offset as i64));
                 }
                 for start in starts {
-                    accs.entry((w.name.to_string(), key.clone(), start))
-                        .or_default()
-                        .push(*v);
+                    if w.gap > 0 {
+                        session_records
+                            .entry((w.name, key.clone(), start / w.size))
+                            .or_default()
+                            .push((start, *v));
+                    } else {
+                        accs.entry((w.name.to_string(), key.clone(), start))
+                            .or_default()
+                            .push(*v);
+                    }
                 }
             }
+        }
+    }
+    // Sessions: per window, key and span, records in time order; a record more than the
+    // gap after the previous one starts a new session.
+    for ((name, key, _), mut records) in session_records {
+        let gap = windows.iter().find(|w| w.name == name).expect("known").gap;
+        records.sort();
+        let mut start = records[0].0;
+        let mut last = start;
+        for (t, v) in records {
+            if t > last + gap {
+                start = t;
+            }
+            last = t;
+            accs.entry((name.to_string(), key.clone(), start))
+                .or_default()
+                .push(v);
         }
     }
     expected.windows = aggregate(accs, windows);
