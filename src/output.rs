@@ -243,16 +243,26 @@ pub fn late_record(
     let record = LateRecord {
         dataflow: &spec.name,
         window: &window.name,
-        reason: format!(
-            "window [{}, {}) of `{}` closed at {} (end + grace {}); partition {} watermark was {}",
-            rfc3339_ms(start),
-            rfc3339_ms(end),
-            window.name,
-            rfc3339_ms(crate::window::close_time(window, end)),
-            humantime::format_duration(std::time::Duration::from_millis(window.grace_ms)),
-            source.partition,
-            rfc3339_ms(watermark),
-        ),
+        reason: match window.kind {
+            crate::spec::WindowKind::Session { .. } => format!(
+                "sessions of `{}` take a record until the watermark passes its time + grace {}; \
+                 partition {} watermark was {}",
+                window.name,
+                humantime::format_duration(std::time::Duration::from_millis(window.grace_ms)),
+                source.partition,
+                rfc3339_ms(watermark),
+            ),
+            _ => format!(
+                "window [{}, {}) of `{}` closed at {} (end + grace {}); partition {} watermark was {}",
+                rfc3339_ms(start),
+                rfc3339_ms(end),
+                window.name,
+                rfc3339_ms(crate::window::close_time(window, end)),
+                humantime::format_duration(std::time::Duration::from_millis(window.grace_ms)),
+                source.partition,
+                rfc3339_ms(watermark),
+            ),
+        },
         key,
         event_time_ms: event_time,
         window_start_ms: start,
