@@ -145,7 +145,8 @@ format_storage() {
   # A cluster id is 16 random bytes, base64url without padding.
   local id
   id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
-  tool kafka.tools.StorageTool format --standalone --cluster-id "$id" \
+  # `--cluster-id=<id>`: an id may start with '-', which must not read as an option.
+  tool kafka.tools.StorageTool format --standalone --cluster-id="$id" \
     --config "$dir/server.properties" >"$dir/format.log" 2>&1 \
     || { cat "$dir/format.log" >&2; die "formatting $dir/data failed"; }
   echo "$ports" >"$dir/ports"
