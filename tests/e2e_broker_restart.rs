@@ -96,10 +96,7 @@ fn a_broker_restart_under_a_running_pipeline_loses_and_doubles_nothing() {
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
     // An outage can outlast the idle timeout, and idleness (a wall-clock decision) would
     // make records late that the recomputation counts: partitions here never go idle.
-    let text = std::fs::read_to_string(&dataflow)
-        .expect("read")
-        .replace("idle_timeout = \"30s\"", "idle_timeout = \"1h\"");
-    std::fs::write(&dataflow, text).expect("write");
+    set_idle_timeout(&dataflow, "1h");
     let dataflow = dataflow.to_str().expect("utf-8");
     let app = unique("restart-app");
     let log = dir.path().join("run.log");

@@ -192,10 +192,7 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
-    let text = std::fs::read_to_string(&dataflow)
-        .expect("read")
-        .replace("idle_timeout = \"30s\"", "idle_timeout = \"1s\"");
-    std::fs::write(&dataflow, text).expect("write");
+    set_idle_timeout(&dataflow, "1s");
     // The run's log goes to a file: a pipe nobody reads would block it once full.
     let log = dir.path().join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
@@ -368,10 +365,7 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
     // No wall-clock idleness: every partition keeps receiving data until the end.
-    let text = std::fs::read_to_string(&dataflow)
-        .expect("read")
-        .replace("idle_timeout = \"30s\"", "idle_timeout = \"1h\"");
-    std::fs::write(&dataflow, text).expect("write");
+    set_idle_timeout(&dataflow, "1h");
     let app = unique("chaos-app");
     let log = dir.path().join("run.log");
     let spawn = |extra: &[&str]| {

@@ -281,6 +281,20 @@ pub fn trades_dataflow(
     path
 }
 
+/// Sets the `idle_timeout` of the dataflow file at `path` (the shipped one says 30 s).
+pub fn set_idle_timeout(path: &std::path::Path, timeout: &str) {
+    let text = std::fs::read_to_string(path).expect("read the dataflow");
+    assert!(
+        text.contains("idle_timeout = \"30s\""),
+        "the shipped idle timeout"
+    );
+    let text = text.replace(
+        "idle_timeout = \"30s\"",
+        &format!("idle_timeout = \"{timeout}\""),
+    );
+    std::fs::write(path, text).expect("write the dataflow");
+}
+
 /// Generated trades: per partition, (message key, record).
 pub type Generated = Vec<Vec<(Option<Vec<u8>>, Input)>>;
 
