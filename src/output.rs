@@ -27,7 +27,8 @@ pub struct OutRecord {
     pub partition: i32,
     /// Message key.
     pub key: Option<Vec<u8>>,
-    /// Message value.
+    /// Message value; empty for a tombstone (written as a null value). Every other
+    /// output is a JSON document, never empty.
     pub payload: Vec<u8>,
 }
 
@@ -310,6 +311,10 @@ pub struct WindowResult {
     /// Average, rounded half-to-even to the window's `avg_scale`.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "opt_decimal")]
     pub avg: Option<Decimal>,
+    /// With `emit = "updates"`: whether this is the window's final value (absent in final
+    /// mode, where every result is final).
+    #[serde(rename = "final", skip_serializing_if = "Option::is_none", default)]
+    pub is_final: Option<bool>,
 }
 
 mod opt_decimal {
@@ -331,18 +336,15 @@ mod opt_decimal {
     }
 }
 
-/// Encodes the final result of one (key, window).
-pub fn window_result(
-    topics: &Topics,
-    window_index: usize,
+fn result_of(
     window: &WindowSpec,
     key: &str,
     start: u64,
     end: u64,
     acc: &Accumulator,
-) -> OutRecord {
+) -> WindowResult {
     let has = |a| window.aggregates.contains(&a);
-    let result = WindowResult {
+    WindowResult {
         window: window.name.clone(),
         key: key.to_string(),
         window_start: rfc3339_ms(start),
@@ -354,13 +356,79 @@ pub fn window_result(
         min: has(Aggregate::Min).then_some(acc.min),
         max: has(Aggregate::Max).then_some(acc.max),
         avg: has(Aggregate::Avg).then(|| acc.avg(window.avg_scale)),
-    };
+        is_final: None,
+    }
+}
+
+/// Encodes the final result of one (key, window) of an `emit = "final"` window; its
+/// message key is the group key.
+pub fn window_result(
+    topics: &Topics,
+    window_index: usize,
+    window: &WindowSpec,
+    key: &str,
+    start: u64,
+    end: u64,
+    acc: &Accumulator,
+) -> OutRecord {
+    let result = result_of(window, key, start, end, acc);
     let topic = topics.window[window_index];
     OutRecord {
         topic,
         partition: topics.partition_for_key(topic, key.as_bytes()),
         key: Some(key.as_bytes().to_vec()),
         payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
+    }
+}
+
+/// The message key of an `emit = "updates"` window's records: the JSON array
+/// `["<window>","<key>",<window_start_ms>]`, one per (key, window), so a compacted topic
+/// keeps the latest value of each window and a tombstone deletes one.
+pub fn update_key(window: &WindowSpec, key: &str, start: u64) -> Vec<u8> {
+    serde_json::to_vec(&(&window.name, key, start)).expect("strings and integers serialize")
+}
+
+/// Encodes a changelog record of one (key, window) of an `emit = "updates"` window: its
+/// value so far, or (`is_final`) its final value. Routed by the group key, like final
+/// results, so one partition holds every window of a key in order.
+#[allow(clippy::too_many_arguments)]
+pub fn window_update(
+    topics: &Topics,
+    window_index: usize,
+    window: &WindowSpec,
+    key: &str,
+    start: u64,
+    end: u64,
+    acc: &Accumulator,
+    is_final: bool,
+) -> OutRecord {
+    let mut result = result_of(window, key, start, end, acc);
+    result.is_final = Some(is_final);
+    let topic = topics.window[window_index];
+    OutRecord {
+        topic,
+        partition: topics.partition_for_key(topic, key.as_bytes()),
+        key: Some(update_key(window, key, start)),
+        payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
+    }
+}
+
+/// Encodes the deletion of a (key, window) of an `emit = "updates"` window: a Kafka
+/// tombstone (null value, [`OutRecord::payload`] empty) under its [`update_key`]. Written
+/// for a session that merged into an earlier-starting one.
+pub fn window_tombstone(
+    topics: &Topics,
+    window_index: usize,
+    window: &WindowSpec,
+    key: &str,
+    start: u64,
+) -> OutRecord {
+    let topic = topics.window[window_index];
+    OutRecord {
+        topic,
+        partition: topics.partition_for_key(topic, key.as_bytes()),
+        key: Some(update_key(window, key, start)),
+        payload: Vec::new(),
     }
 }
 

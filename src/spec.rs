@@ -250,6 +250,22 @@ pub enum WindowKind {
     },
 }
 
+/// What a window writes, and when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emit {
+    /// One result per (key, window), when the window closes at `end + grace`.
+    #[default]
+    Final,
+    /// A changelog: an upsert per (key, window) whenever its result changes, then the
+    /// final value (`"final": true`); a session merged into another is deleted with a
+    /// tombstone. Message keys name the key and the window, so a compacted topic keeps
+    /// each window's latest value ([`crate::window::operator`]).
+    Updates {
+        /// Changes are gathered into steps of this much event time (0: every change).
+        interval_ms: u64,
+    },
+}
+
 /// One windowed aggregation.
 #[derive(Clone, Debug)]
 pub struct WindowSpec {
@@ -267,6 +283,8 @@ pub struct WindowSpec {
     pub topic: String,
     /// Decimal places of `avg`.
     pub avg_scale: u32,
+    /// Final results only, or a changelog of updates.
+    pub emit: Emit,
 }
 
 /// Where results, dead letters and late records are written.
@@ -812,6 +830,28 @@ fn read_window(
         },
     };
     let avg_scale = t.opt_integer("avg_scale", 0..=12, problems).unwrap_or(6) as u32;
+    let interval = t.opt_duration("update_interval", problems).map(millis);
+    let emit = match t.opt_string("emit", problems).as_deref() {
+        None | Some("final") => {
+            if interval.is_some() {
+                problems.field(
+                    &t.path_of("update_interval"),
+                    "applies to emit = \"updates\" only",
+                );
+            }
+            Some(Emit::Final)
+        }
+        Some("updates") => Some(Emit::Updates {
+            interval_ms: interval.unwrap_or(0),
+        }),
+        Some(other) => {
+            problems.field(
+                &t.path_of("emit"),
+                format!("must be \"final\" or \"updates\", found `{other}`"),
+            );
+            None
+        }
+    };
     let topic = t
         .opt_string("topic", problems)
         .or_else(|| output.map(|o| o.topic.clone()));
@@ -826,6 +866,7 @@ fn read_window(
         aggregates: aggs,
         topic: topic?,
         avg_scale,
+        emit: emit?,
     })
 }
 

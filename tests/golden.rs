@@ -184,3 +184,140 @@ grace = 3"#,
     assert_eq!(windows, vec![(15, 26, 4, "15".into())]);
     assert_eq!(late, vec![(16, 16)]);
 }
+
+/// One changelog record: (start, end, count, final), or `None` for a tombstone.
+type Change = Option<(u64, u64, u64, bool)>;
+
+/// Runs `window` with `emit = "updates"` (out-of-orderness 0, one partition) over
+/// `(time, key)` events of value 1; returns each message key's records in order.
+fn run_updates(window: &str, events: &[(u64, &str)]) -> Vec<((String, String, u64), Vec<Change>)> {
+    let text = format!(
+        r#"
+name = "golden"
+[input]
+topic = "in"
+event_time_field = "ts"
+key_field = "k"
+id_field = "id"
+max_out_of_orderness = 0
+idle_timeout = "1h"
+[validation.fields]
+v = "decimal"
+[[windows]]
+name = "w"
+aggregates = ["count"]
+emit = "updates"
+{window}
+[output]
+topic = "out"
+dead_letter_topic = "dlq"
+late_topic = "late"
+"#
+    );
+    let spec = PipelineSpec::from_toml("golden", &text).expect("valid");
+    let topics = Topics::new(&spec, |_| 1);
+    let payloads = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, k))| Some(format!(r#"{{"id":"{i}","ts":{t},"k":"{k}","v":1}}"#).into_bytes()))
+        .collect();
+    let records =
+        pipeline::run_in_memory(&spec, &topics, vec![(0, payloads)], 1, 1).expect("completes");
+    let mut log: std::collections::BTreeMap<(String, String, u64), Vec<Change>> =
+        Default::default();
+    for r in records {
+        assert_eq!(
+            topics.names[r.topic as usize], "out",
+            "nothing is late or invalid"
+        );
+        let id = serde_json::from_slice(r.key.as_deref().expect("keyed")).expect("[w, key, start]");
+        let change = (!r.payload.is_empty()).then(|| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("JSON");
+            (
+                v["window_start_ms"].as_u64().expect("start"),
+                v["window_end_ms"].as_u64().expect("end"),
+                v["count"].as_u64().expect("count"),
+                v["final"].as_bool().expect("final"),
+            )
+        });
+        log.entry(id).or_default().push(change);
+    }
+    log.into_iter().collect()
+}
+
+fn id(key: &str, start: u64) -> (String, String, u64) {
+    ("w".to_string(), key.to_string(), start)
+}
+
+#[test]
+fn updates_of_a_tumbling_window_then_its_final_value() {
+    let log = run_updates(
+        r#"kind = "tumbling"
+size = 10"#,
+        &[(1, "K"), (3, "K"), (12, "K")],
+    );
+    assert_eq!(
+        log,
+        vec![
+            (
+                id("K", 0),
+                vec![
+                    Some((0, 10, 1, false)),
+                    Some((0, 10, 2, false)),
+                    Some((0, 10, 2, true))
+                ]
+            ),
+            (
+                id("K", 10),
+                vec![Some((10, 20, 1, false)), Some((10, 20, 1, true))]
+            ),
+        ]
+    );
+    // An update interval of 5 gathers the changes at 1 and 3 into one step, at 5.
+    let log = run_updates(
+        r#"kind = "tumbling"
+size = 10
+update_interval = 5"#,
+        &[(1, "K"), (3, "K"), (12, "K")],
+    );
+    assert_eq!(
+        log[0],
+        (
+            id("K", 0),
+            vec![Some((0, 10, 2, false)), Some((0, 10, 2, true))]
+        )
+    );
+}
+
+#[test]
+fn kafka_streams_session_example_in_updates_mode_retracts_the_merged_session() {
+    // Gap 5, grace 10: 10 and 12 make [10, 17), 20 makes [20, 25); X at 21 moves the
+    // watermark to 21; 16, read then, merges both into [10, 25): the session that started
+    // at 20 is deleted with a tombstone and the one at 10 updated. Then the finals.
+    let log = run_updates(
+        r#"kind = "session"
+gap = 5
+max_duration = 1000
+grace = 10"#,
+        &[(10, "K"), (12, "K"), (20, "K"), (21, "X"), (16, "K")],
+    );
+    assert_eq!(
+        log,
+        vec![
+            (
+                id("K", 10),
+                vec![
+                    Some((10, 15, 1, false)),
+                    Some((10, 17, 2, false)),
+                    Some((10, 25, 4, false)),
+                    Some((10, 25, 4, true)),
+                ]
+            ),
+            (id("K", 20), vec![Some((20, 25, 1, false)), None]),
+            (
+                id("X", 21),
+                vec![Some((21, 26, 1, false)), Some((21, 26, 1, true))]
+            ),
+        ]
+    );
+}

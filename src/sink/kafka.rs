@@ -206,9 +206,10 @@ impl Writer for KafkaWriter {
             return;
         }
         let topic = &self.topics.names[record.topic as usize];
-        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
-            .partition(record.partition)
-            .payload(&record.payload);
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(record.partition);
+        if !record.payload.is_empty() {
+            r = r.payload(&record.payload); // empty: a tombstone, sent as a null value
+        }
         if let Some(k) = &record.key {
             r = r.key(k);
         }

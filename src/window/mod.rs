@@ -99,6 +99,16 @@ impl Accumulator {
         }
     }
 
+    /// The aggregates of no value: the identity of [`Accumulator::merge`].
+    pub fn empty() -> Self {
+        Accumulator {
+            count: 0,
+            sum: Decimal::ZERO,
+            min: Decimal::MAX,
+            max: Decimal::MIN,
+        }
+    }
+
     /// Adds one value.
     pub fn add(&mut self, v: Decimal) {
         self.count += 1;
@@ -220,6 +230,7 @@ mod tests {
             aggregates: vec![],
             topic: "o".into(),
             avg_scale: 2,
+            emit: Default::default(),
         };
         // The window [1000, 2000) closes at 2200.
         assert!(!is_late(&spec, 1_999, 2_199));

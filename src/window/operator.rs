@@ -6,10 +6,21 @@
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
 //!
-//! Output: one result per (key, window), at timestamp `end + grace`, once the input
-//! frontier reaches that time; its state is freed then. An event that is late for this
-//! window (`end + grace <= wm`) was already routed to the late topic by the source and is
-//! skipped here, so it never changes a result.
+//! Output, `emit = "final"`: one result per (key, window), at timestamp `end + grace`,
+//! once the input frontier reaches that time; its state is freed then. An event that is
+//! late for this window (`end + grace <= wm`) was already routed to the late topic by the
+//! source and is skipped here, so it never changes a result.
+//!
+//! Output, `emit = "updates"`: a changelog keyed by `[window, key, start]`. A record's
+//! change shows at [`update_time`] (`max(t, wm)`, optionally rounded up to
+//! `update_interval`, before the close); the changes of one time are gathered per
+//! (key, window) and applied in time order once the frontier passes it, each writing one
+//! upsert (`"final": false`) with the window's totals so far. At `end + grace` the final
+//! value follows (`"final": true`). Every output time is a function of the input
+//! partitions alone, so a replay writes the same changelog and exactly-once holds for it;
+//! the sink writes in timestamp order, so a window's records reach Kafka in order. State:
+//! the totals, plus the pending changes of times the frontier has not passed (bounded by
+//! the out-of-orderness).
 //!
 //! Why a timely operator rather than a differential arrangement: for final-mode tumbling
 //! windows, per-key accumulators keyed by close time are the whole state, and the operator
@@ -27,7 +38,7 @@ use super::{Accumulator, close_time, end_of, windows_of};
 use crate::codec::Event;
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, Topics};
-use crate::spec::PipelineSpec;
+use crate::spec::{Emit, PipelineSpec};
 
 /// A deterministic hash of a key, the same in every process of a job.
 pub fn key_hash(key: &str) -> u64 {
@@ -42,7 +53,26 @@ pub fn key_hash(key: &str) -> u64 {
 
 type Open = HashMap<(String, u64), Accumulator>;
 
-/// Aggregates `events` into final results of window `index` of `spec`.
+/// Per update time, the capability to emit at it and the changes that show then, per
+/// (key, window start, close time).
+type Changes = BTreeMap<u64, (Capability<u64>, HashMap<(String, u64, u64), Accumulator>)>;
+
+/// When a record's change shows in an `emit = "updates"` changelog: at `max(t, wm)`, the
+/// later of its event time and its partition's watermark when it was read (a pure
+/// function of the partition, so a replay emits the same changelog), rounded up to a
+/// multiple of `interval_ms`, but before the window closes at `close` (`max(t, wm) <
+/// close` for every window a record counts in).
+pub fn update_time(t: u64, wm: u64, interval_ms: u64, close: u64) -> u64 {
+    let at = t.max(wm);
+    let at = match interval_ms {
+        0 | 1 => at,
+        i => at.div_ceil(i).saturating_mul(i),
+    };
+    at.min(close.saturating_sub(1))
+}
+
+/// Aggregates `events` into results of window `index` of `spec`: final results, or with
+/// `emit = "updates"` also a changelog of upserts.
 pub fn windows<'s>(
     events: StreamVec<'s, u64, (Event, u64)>,
     spec: Rc<PipelineSpec>,
@@ -55,7 +85,12 @@ pub fn windows<'s>(
         Exchange::new(|(e, _): &(Event, u64)| key_hash(&e.key)),
         &name,
         move |_cap, _info| {
+            // Close time → the running totals of the windows that close then.
             let mut open: BTreeMap<u64, (Capability<u64>, Open)> = BTreeMap::new();
+            // Updates mode: update time → the changes that show then, per (key, start),
+            // with each window's close time. Applied to `open` in time order, so an
+            // upsert holds exactly the records whose changes show at or before its time.
+            let mut changes: Changes = BTreeMap::new();
             move |(input, frontier), output| {
                 let w = &spec.windows[index];
                 let out_port = output.output_index();
@@ -73,6 +108,19 @@ pub fn windows<'s>(
                                 let (_, accs) = open.entry(close).or_insert_with(|| {
                                     (cap.delayed(&close, out_port), HashMap::new())
                                 });
+                                if let Emit::Updates { interval_ms } = w.emit {
+                                    let at = update_time(event.time, wm, interval_ms, close);
+                                    accs.entry((event.key.clone(), start))
+                                        .or_insert_with(Accumulator::empty);
+                                    let (_, pending) = changes.entry(at).or_insert_with(|| {
+                                        (cap.delayed(&at, out_port), HashMap::new())
+                                    });
+                                    pending
+                                        .entry((event.key.clone(), start, close))
+                                        .or_insert_with(Accumulator::empty)
+                                        .add(value);
+                                    continue;
+                                }
                                 accs.entry((event.key.clone(), start))
                                     .and_modify(|acc| acc.add(value))
                                     .or_insert_with(|| Accumulator::of(value));
@@ -80,20 +128,53 @@ pub fn windows<'s>(
                         }
                     }
                 });
-                while let Some(entry) = open.first_entry() {
-                    if frontier.less_equal(entry.key()) {
+                loop {
+                    let next_change = changes.keys().next().copied();
+                    let next_close = open.keys().next().copied();
+                    let (at, is_change) = match (next_change, next_close) {
+                        (Some(c), Some(o)) if c <= o => (c, true),
+                        (_, Some(o)) => (o, false),
+                        (Some(c), None) => (c, true),
+                        (None, None) => break,
+                    };
+                    if frontier.less_equal(&at) {
                         break;
                     }
-                    let (cap, accs) = entry.remove();
+                    if is_change {
+                        let (cap, pending) = changes.remove(&at).expect("the first change time");
+                        let mut pending: Vec<_> = pending.into_iter().collect();
+                        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                        let mut session = output.session(&cap);
+                        for ((key, start, close), delta) in pending {
+                            let (_, accs) = open
+                                .get_mut(&close)
+                                .expect("a window with changes stays open until they show");
+                            let acc = accs
+                                .get_mut(&(key.clone(), start))
+                                .expect("a window with changes has its totals");
+                            acc.merge(&delta);
+                            let end = end_of(w.kind, start);
+                            session.give(output::window_update(
+                                &topics, index, w, &key, start, end, acc, false,
+                            ));
+                        }
+                        continue;
+                    }
+                    let (cap, accs) = open.remove(&at).expect("the first close time");
                     let mut results: Vec<_> = accs.into_iter().collect();
                     results.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let mut session = output.session(&cap);
                     for ((key, start), acc) in results {
                         let end = end_of(w.kind, start);
                         metrics.windows_emitted.inc();
-                        session.give(output::window_result(
-                            &topics, index, w, &key, start, end, &acc,
-                        ));
+                        session.give(match w.emit {
+                            Emit::Final => {
+                                output::window_result(&topics, index, w, &key, start, end, &acc)
+                            }
+                            Emit::Updates { .. } => output::window_update(
+                                &topics, index, w, &key, start, end, &acc, true,
+                            ),
+                        });
                     }
                 }
             }
