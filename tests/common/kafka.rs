@@ -117,6 +117,17 @@ pub fn produce(topic: &str, partitions: &[Vec<KeyValue>]) {
 
 /// Everything committed to `topics`, read with `read_committed`: (topic, key, payload).
 pub fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
+    consume_all_records(topics)
+        .into_iter()
+        .map(|(topic, _, key, payload)| (topic, key, payload.unwrap_or_default()))
+        .collect()
+}
+
+/// Everything committed to `topics`, read with `read_committed`, each partition in offset
+/// order: (topic, partition, key, payload, `None` for a null value).
+pub fn consume_all_records(
+    topics: &[&str],
+) -> Vec<(String, i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
@@ -180,8 +191,9 @@ pub fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
         }
         out.push((
             m.topic().to_string(),
+            m.partition(),
             m.key().map(<[u8]>::to_vec),
-            m.payload().unwrap_or_default().to_vec(),
+            m.payload().map(<[u8]>::to_vec),
         ));
     }
     out
