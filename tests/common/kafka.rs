@@ -123,11 +123,12 @@ pub fn consume_all(topics: &[&str]) -> Vec<(String, Option<Vec<u8>>, Vec<u8>)> {
         .collect()
 }
 
+/// A record read back: (topic, partition, key, value).
+pub type Consumed = (String, i32, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Everything committed to `topics`, read with `read_committed`, each partition in offset
 /// order: (topic, partition, key, payload, `None` for a null value).
-pub fn consume_all_records(
-    topics: &[&str],
-) -> Vec<(String, i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
+pub fn consume_all_records(topics: &[&str]) -> Vec<Consumed> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
