@@ -164,7 +164,9 @@ fn main() {
 
     // The feed runs a little longer than the sampling, so the input never stops early.
     let mut feed = Command::new(env!("CARGO_BIN_EXE_waterline"))
-        .args(["produce", "--topic", &topic, "--keys", "1000", "--seed", "7"])
+        .args([
+            "produce", "--topic", &topic, "--keys", "1000", "--seed", "7",
+        ])
         .args(["--rate", &rate.to_string()])
         .args(["--duration", &format!("{}s", seconds + 30)])
         .env("KAFKA_BOOTSTRAP", &bootstrap)
@@ -343,8 +345,7 @@ fn cleanup(admin: &AdminClient<DefaultClientContext>, topic: &str, app_id: &str)
         format!("{app_id}.progress"),
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    if let Err(e) = futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new()))
-    {
+    if let Err(e) = futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new())) {
         eprintln!("could not delete the benchmark's topics {names:?}: {e}");
     }
 }

@@ -7,7 +7,8 @@
 //!   engine does the same work around the windows);
 //! - **dd-delay**: differential-dataflow: each record delayed to its window's close time,
 //!   then `reduce` per (key, window start), with a negated copy delayed to one millisecond
-//!   after the close so that a closed window's records cancel and its state is freed;
+//!   after the close so that a closed window's records cancel and its state is freed
+//!   (hopping: one delayed copy per window offset, see [`differential`]);
 //! - **dd-nodelay**: differential `reduce` per (key, window start) on records at their
 //!   event times, without delay or retraction: a result per record, state for every record;
 //! - **input**: the input alone (generation, the timely input, stepping), the harness floor.
@@ -42,8 +43,7 @@ use timely::dataflow::operators::{Inspect, Probe};
 use waterline::codec::Event;
 use waterline::metrics::Metrics;
 use waterline::output::Topics;
-use waterline::spec::{PipelineSpec, WindowKind};
-use waterline::window::{close_time, windows_of};
+use waterline::spec::PipelineSpec;
 
 const KEYS: u64 = 100;
 const START_MS: u64 = 1_768_312_800_000;
@@ -88,8 +88,9 @@ fn spec(hopping: bool) -> PipelineSpec {
     let text = format!(
         "name = \"engines\"\n\
          [input]\ntopic = \"in\"\nevent_time_field = \"t\"\nkey_field = \"k\"\n\
-         max_out_of_orderness = \"2s\"\n\
-         [validation.fields]\nt = \"timestamp\"\nk = \"string\"\namount = \"decimal\"\n\
+         id_field = \"id\"\nmax_out_of_orderness = \"2s\"\nidle_timeout = \"30s\"\n\
+         [validation.fields]\nt = \"timestamp\"\nk = \"string\"\nid = \"string\"\n\
+         amount = \"decimal\"\n\
          [[windows]]\nname = \"w\"\n{window}\ngrace = \"5s\"\nfield = \"amount\"\n\
          aggregates = [\"count\", \"sum\", \"min\", \"max\"]\n\
          [output]\ntopic = \"out\"\ndead_letter_topic = \"dlq\"\nlate_topic = \"late\"\n"
@@ -346,60 +347,50 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
 
 type DdRows = Arc<Mutex<Vec<(Row, i64)>>>;
 
+/// count, sum, min, max.
+type Aggregates = (u64, Decimal, Decimal, Decimal);
+
 /// The differential engines on `events`; returns the probe of their output.
 fn differential<'s>(
     engine: Engine,
     events: timely::dataflow::StreamVec<'s, u64, (Event, u64)>,
     rows: DdRows,
 ) -> timely::dataflow::operators::probe::Handle<u64> {
-    let size = 60_000u64;
-    let close = move |t: &u64| t - t % size + size + GRACE_MS;
-    let records = match engine {
-        // Records at their event times (at or after the stamp, the watermark); `delay`
-        // moves each to its window's close time.
-        Engine::DdDelay | Engine::DdNoDelay => events
+    // A hopping window of size 60 s and slide 10 s is six tumbling windows, offset by
+    // 0, 10, .., 50 s: a record belongs to one window of each. Each offset gets its own
+    // copy of the records, delayed to that window's close (`delay` maps times alone, and a
+    // record's six windows close at different times), and its own `reduce`: one reduce
+    // over all six would see its input frontier move every 10 s and sort the pending
+    // updates of every offset each time (measured: several times slower).
+    let (size, slide) = match engine {
+        Engine::DdDelayHopping => (60_000u64, 10_000u64),
+        _ => (60_000, 60_000),
+    };
+    let start_of = move |t: u64, offset: u64| t - (t - offset) % size;
+    let close_of = move |t: u64, offset: u64| start_of(t, offset) + size + GRACE_MS;
+    let mut results = Vec::new();
+    for offset in (0..size).step_by(slide as usize) {
+        // Records at their event times: at or after their stamp, the watermark.
+        let records = events
+            .clone()
             .map(move |(e, _)| {
-                let start = e.time - e.time % size;
+                let start = start_of(e.time, offset);
                 (((e.key, start), e.values[0]), e.time, 1isize)
             })
-            .as_collection(),
-        // A record belongs to six windows with different close times, so it is placed at
-        // each window's close time directly (what `delay` does, per window).
-        _ => {
-            let kind = WindowKind::Hopping {
-                size_ms: size,
-                slide_ms: 10_000,
-            };
-            let w = spec(true).windows[0].clone();
-            events
-                .flat_map(move |(e, _)| {
-                    let w = w.clone();
-                    windows_of(kind, e.time)
-                        .map(move |(start, end)| {
-                            (
-                                ((e.key.clone(), start), e.values[0]),
-                                close_time(&w, end),
-                                1isize,
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .as_collection()
-        }
-    };
-    let windowed = match engine {
-        Engine::DdDelay => records
-            .clone()
-            .delay(move |t| close(t))
-            .concat(records.negate().delay(move |t| close(t) + 1)),
-        Engine::DdDelayHopping => records.clone().concat(records.negate().delay(|t| t + 1)),
-        _ => records,
-    };
-    let sink = Arc::clone(&rows);
-    windowed
-        .reduce_named(
+            .as_collection();
+        let windowed = if engine == Engine::DdNoDelay {
+            records
+        } else {
+            // Each record counts from its window's close and is retracted 1 ms later, so
+            // a closed window's records cancel out of the arrangement.
+            records
+                .clone()
+                .delay(move |t| close_of(*t, offset))
+                .concat(records.negate().delay(move |t| close_of(*t, offset) + 1))
+        };
+        results.push(windowed.reduce_named(
             "Window",
-            |_key, values: &[(&Decimal, isize)], output: &mut Vec<((u64, Decimal, Decimal, Decimal), isize)>| {
+            |_key, values: &[(&Decimal, isize)], output: &mut Vec<(Aggregates, isize)>| {
                 let mut count = 0u64;
                 let mut sum = Decimal::ZERO;
                 for (v, r) in values {
@@ -411,7 +402,13 @@ fn differential<'s>(
                 let max = *values[values.len() - 1].0;
                 output.push(((count, sum, min, max), 1));
             },
-        )
+        ));
+    }
+    let sink = Arc::clone(&rows);
+    results
+        .into_iter()
+        .reduce(|a, b| a.concat(b))
+        .expect("at least one window offset")
         .inspect(move |(((key, start), (count, sum, min, max)), _t, diff)| {
             // dd-delay: every result is followed by its retraction; keep the insertions.
             if engine != Engine::DdNoDelay && *diff < 0 {
