@@ -9,6 +9,8 @@
 //! least-squares slope of the samples after the first minute. Memory figures never fail the
 //! benchmark; a run that dies or reads nothing does.
 //!
+//! The table also shows the anonymous part of the RSS (`RssAnon`: heap and stacks), which
+//! leaves out pages of the binary and libraries mapped in as code paths are first used.
 //! Records read come from the offsets the run commits for lag tools (about every second),
 //! lag from the input's high watermarks.
 //!
@@ -65,6 +67,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 struct Sample {
     elapsed_s: f64,
     rss_mib: f64,
+    anon_mib: f64,
     read: Option<i64>,
     lag: Option<i64>,
 }
@@ -223,8 +226,8 @@ fn main() {
     };
 
     println!(
-        "{:>9} {:>9} {:>10} {:>13} {:>9}",
-        "elapsed", "RSS MiB", "×1st min", "records read", "lag"
+        "{:>9} {:>9} {:>10} {:>10} {:>13} {:>9}",
+        "elapsed", "RSS MiB", "×1st min", "anon MiB", "records read", "lag"
     );
     let mut samples: Vec<Sample> = Vec::new();
     let mut base: Option<f64> = None;
@@ -243,7 +246,8 @@ fn main() {
                 tail(&run_log)
             );
         }
-        let Some(rss_mib) = vm_rss_kib(run.id()).map(|k| k as f64 / 1024.0) else {
+        let mib = |field| status_kib(run.id(), field).map(|k| k as f64 / 1024.0);
+        let (Some(rss_mib), Some(anon_mib)) = (mib("VmRSS:"), mib("RssAnon:")) else {
             continue;
         };
         let elapsed_s = started.elapsed().as_secs_f64();
@@ -254,7 +258,7 @@ fn main() {
         let ratio = base.map_or_else(|| "-".to_string(), |b| format!("{:.2}", rss_mib / b));
         let show = |v: Option<i64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
         println!(
-            "{:>8.0}s {rss_mib:>9.1} {ratio:>10} {:>13} {:>9}",
+            "{:>8.0}s {rss_mib:>9.1} {ratio:>10} {anon_mib:>10.1} {:>13} {:>9}",
             elapsed_s,
             show(read),
             show(lag)
@@ -262,6 +266,7 @@ fn main() {
         samples.push(Sample {
             elapsed_s,
             rss_mib,
+            anon_mib,
             read,
             lag,
         });
@@ -284,23 +289,14 @@ fn main() {
         println!("verdict: too short for a verdict (fewer than 2 samples after the first minute)");
         return;
     }
-    let max = steady.iter().map(|s| s.rss_mib).fold(f64::MIN, f64::max);
-    let min = steady.iter().map(|s| s.rss_mib).fold(f64::MAX, f64::min);
-    let n = steady.len() as f64;
-    let mx = steady.iter().map(|s| s.elapsed_s / 60.0).sum::<f64>() / n;
-    let my = steady.iter().map(|s| s.rss_mib).sum::<f64>() / n;
-    let sxy: f64 = steady
-        .iter()
-        .map(|s| (s.elapsed_s / 60.0 - mx) * (s.rss_mib - my))
-        .sum();
-    let sxx: f64 = steady
-        .iter()
-        .map(|s| (s.elapsed_s / 60.0 - mx).powi(2))
-        .sum();
-    let slope = sxy / sxx;
+    let rss: Vec<(f64, f64)> = steady.iter().map(|s| (s.elapsed_s, s.rss_mib)).collect();
+    let anon: Vec<(f64, f64)> = steady.iter().map(|s| (s.elapsed_s, s.anon_mib)).collect();
+    let (min, max, slope) = spread_and_slope(&rss);
+    let (anon_min, anon_max, anon_slope) = spread_and_slope(&anon);
     println!(
         "verdict: after the first minute RSS {min:.1}..{max:.1} MiB (max/min {:.2}), \
-         slope {slope:+.2} MiB/min (least squares over {} samples); \
+         slope {slope:+.2} MiB/min (least squares over {} samples); anonymous (heap) \
+         {anon_min:.1}..{anon_max:.1} MiB, slope {anon_slope:+.2} MiB/min; \
          {final_read} records read, final lag {}",
         max / min,
         steady.len(),
@@ -308,11 +304,25 @@ fn main() {
     );
 }
 
-/// The resident set size of process `pid` in KiB, from `/proc/<pid>/status`.
-fn vm_rss_kib(pid: u32) -> Option<u64> {
+/// Least and greatest value of `(seconds, MiB)` samples, and the least-squares slope in
+/// MiB per minute.
+fn spread_and_slope(samples: &[(f64, f64)]) -> (f64, f64, f64) {
+    let max = samples.iter().map(|s| s.1).fold(f64::MIN, f64::max);
+    let min = samples.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+    let n = samples.len() as f64;
+    let mx = samples.iter().map(|s| s.0 / 60.0).sum::<f64>() / n;
+    let my = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let sxy: f64 = samples.iter().map(|s| (s.0 / 60.0 - mx) * (s.1 - my)).sum();
+    let sxx: f64 = samples.iter().map(|s| (s.0 / 60.0 - mx).powi(2)).sum();
+    (min, max, sxy / sxx)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, the resident set; `RssAnon:`, its
+/// anonymous part: heap and stacks, without mapped files such as the binary's pages).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// Stops a child with SIGTERM (the run then finishes its transaction), waiting up to 30 s

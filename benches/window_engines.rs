@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use differential_dataflow::AsCollection;
 use rust_decimal::Decimal;
@@ -304,16 +304,20 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 if wm > *input.time() {
                     input.advance_to(wm);
                 }
-                // Keep the dataflow within a few seconds of the input, as a source does.
+                // Keep the dataflow within a few seconds of the input, as a source does;
+                // waiting on the other workers parks rather than spins, so a worker that
+                // waits leaves the core to the one it waits for.
                 let behind = input.time().saturating_sub(5_000);
                 worker.step();
                 while probe.less_than(&behind) {
-                    worker.step();
+                    worker.step_or_park(Some(Duration::from_millis(1)));
                 }
             }
         }
         drop(input);
-        worker.step_while(|| !probe.done());
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
     })
     .expect("timely starts")
     .join()
