@@ -239,7 +239,8 @@ fn main() {
         }
         next += SAMPLE_EVERY;
         if let Some(status) = run.try_wait().expect("wait on the run") {
-            let _ = feed.kill();
+            stop(&mut feed);
+            cleanup(&admin, &topic, &app_id);
             panic!(
                 "`waterline run` exited with {status} after {:.0} s:\n{}",
                 started.elapsed().as_secs_f64(),
