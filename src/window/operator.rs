@@ -1,7 +1,8 @@
 //! The window operator: events in, final window results out.
 //!
 //! Input: `(event, wm)` at a timestamp at or below `wm`, the event's partition watermark
-//! when it was read (the source's held time). Events are exchanged by key, so one worker owns each key.
+//! when it was read (the source's held time). Events are exchanged by their group key in this window
+//! ([`Event::window`]), so one worker owns each group; events a filter leaves out are skipped.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
@@ -52,7 +53,9 @@ pub fn windows<'s>(
 ) -> StreamVec<'s, u64, OutRecord> {
     let name = format!("Window[{}]", spec.windows[index].name);
     events.unary_frontier(
-        Exchange::new(|(e, _): &(Event, u64)| key_hash(&e.key)),
+        Exchange::new(move |(e, _): &(Event, u64)| {
+            key_hash(e.window(index).map_or("", |g| g.key.as_str()))
+        }),
         &name,
         move |_cap, _info| {
             let mut open: BTreeMap<u64, (Capability<u64>, Open)> = BTreeMap::new();
@@ -62,7 +65,9 @@ pub fn windows<'s>(
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
                         for (event, wm) in batch.drain(..) {
-                            let value = w.value.map(|i| event.values[i]).unwrap_or_default();
+                            let Some(grouped) = event.window(index) else {
+                                continue; // filtered out of this window
+                            };
                             // Each window the event belongs to that has not closed at its
                             // partition's watermark (none, when it is late for them all).
                             for (start, end) in windows_of(w.kind, event.time) {
@@ -73,9 +78,9 @@ pub fn windows<'s>(
                                 let (_, accs) = open.entry(close).or_insert_with(|| {
                                     (cap.delayed(&close, out_port), HashMap::new())
                                 });
-                                accs.entry((event.key.clone(), start))
-                                    .and_modify(|acc| acc.add(value))
-                                    .or_insert_with(|| Accumulator::of(value));
+                                accs.entry((grouped.key.clone(), start))
+                                    .and_modify(|acc| acc.add(grouped.value, event.time))
+                                    .or_insert_with(|| Accumulator::of(grouped.value, event.time));
                             }
                         }
                     }

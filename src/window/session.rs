@@ -58,7 +58,9 @@ pub fn sessions<'s>(
 ) -> StreamVec<'s, u64, OutRecord> {
     let name = format!("Session[{}]", spec.windows[index].name);
     events.unary_frontier(
-        Exchange::new(|(e, _): &(Event, u64)| key_hash(&e.key)),
+        Exchange::new(move |(e, _): &(Event, u64)| {
+            key_hash(e.window(index).map_or("", |g| g.key.as_str()))
+        }),
         &name,
         move |_cap, _info| {
             // key → start → session; and, to emit them, close time → (key, start).
@@ -80,13 +82,16 @@ pub fn sessions<'s>(
                             if event.time.saturating_add(w.grace_ms) < wm {
                                 continue; // late: the source routed it to the late topic
                             }
-                            let value = w.value.map(|i| event.values[i]).unwrap_or_default();
+                            let Some(grouped) = event.window(index) else {
+                                continue; // filtered out of this window
+                            };
+                            let (group, value) = (grouped.key.clone(), grouped.value);
                             let (mut start, mut end) =
                                 interval(gap_ms, max_duration_ms, event.time);
                             let span = start - start % max_duration_ms;
                             let last_start = end.min(span.saturating_add(max_duration_ms) - 1);
-                            let mut acc = Accumulator::of(value);
-                            let sessions = open.entry(event.key.clone()).or_default();
+                            let mut acc = Accumulator::of(value, event.time);
+                            let sessions = open.entry(group.clone()).or_default();
                             // Sessions of the same span that overlap or touch [start, end).
                             let touching: Vec<u64> = sessions
                                 .range(span..=last_start)
@@ -97,7 +102,7 @@ pub fn sessions<'s>(
                                 let old = sessions.remove(&s).expect("listed above");
                                 let close = old.end.saturating_add(w.grace_ms);
                                 if let Some((_, keys)) = closing.get_mut(&close) {
-                                    keys.remove(&(event.key.clone(), s));
+                                    keys.remove(&(group.clone(), s));
                                 }
                                 start = start.min(s);
                                 end = end.max(old.end);
@@ -109,7 +114,7 @@ pub fn sessions<'s>(
                                 .entry(close)
                                 .or_insert_with(|| (cap.delayed(&close, out_port), BTreeSet::new()))
                                 .1
-                                .insert((event.key, start));
+                                .insert((group, start));
                         }
                     }
                 });
