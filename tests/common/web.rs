@@ -32,7 +32,7 @@ const PAGES: [&str; 6] = ["/", "/pricing", "/docs", "/blog", "/a|b\\c", "/checko
 
 /// The shipped dataflow, with idleness out of the way: the in-memory run is not timed.
 pub fn spec() -> PipelineSpec {
-    let text = include_str!("../dataflows/web_analytics.toml");
+    let text = include_str!("../../dataflows/web_analytics.toml");
     assert!(text.contains("idle_timeout = \"30s\""));
     let text = text.replace("idle_timeout = \"30s\"", "idle_timeout = \"1h\"");
     PipelineSpec::from_toml("web_analytics.toml", &text).expect("the shipped dataflow is valid")
@@ -151,7 +151,10 @@ pub fn generate(seed: u64, per_partition: usize) -> Vec<Vec<Record>> {
                 let record = if rng.random_bool(0.05) {
                     let (payload, kind) = match rng.random_range(0..5) {
                         0 => (
-                            good.replace(&format!("\"{}\"", web.page), "\"no-slash\""),
+                            good.replace(
+                                &serde_json::to_string(&web.page).expect("JSON"),
+                                "\"no-slash\"",
+                            ),
                             "rule_violation", // the expr rule on `page`
                         ),
                         1 => (
