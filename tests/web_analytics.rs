@@ -98,16 +98,16 @@ fn a_filtered_out_event_is_neither_counted_nor_late() {
         )
         .into_bytes()
     };
-    let input = vec![vec![
+    let input = vec![
         Some(ev("a", base, "page_view")),
         Some(ev("b", base + 600_000, "page_view")),
         Some(ev("c", base + 1_000, "session_start")),
         Some(ev("d", base + 2_000, "page_view")),
-    ]];
+    ];
     let spec = spec();
     let topics = Topics::new(&spec, |_| 1);
-    let records = pipeline::run_in_memory(&spec, &topics, vec![(0, input[0].clone())], 1, 1)
-        .expect("completes");
+    let records =
+        pipeline::run_in_memory(&spec, &topics, vec![(0, input)], 1, 1).expect("completes");
     let mut late: Vec<(String, u64)> = Vec::new();
     for r in &records {
         if topics.names[r.topic as usize] == "web-late" {
