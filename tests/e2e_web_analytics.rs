@@ -85,3 +85,61 @@ fn web_analytics_end_to_end_matches_an_independent_recomputation() {
     assert!(expected.windows.len() > 100 && expected.late.len() > 20);
     assert_same(&got, &expected, "end-to-end, 2 workers, 5 partitions");
 }
+
+#[test]
+fn produce_kind_web_makes_events_the_dataflow_reads() {
+    let topic = unique("produce-web");
+    let run = waterline(&[
+        "produce",
+        "--kind",
+        "web",
+        "--topic",
+        &topic,
+        "--partitions",
+        "3",
+        "--count",
+        "1000",
+        "--rate",
+        "0",
+        "--invalid",
+        "0.2",
+        "--duplicate",
+        "0.05",
+        "--keys",
+        "6",
+        "--seed",
+        "5",
+        "--time-step-ms",
+        "1000",
+    ]);
+    assert!(run.status.success());
+    let records = consume_all(&[&topic]);
+    assert_eq!(records.len(), 1000);
+    let spec = waterline::spec::PipelineSpec::from_toml(
+        "web_analytics.toml",
+        include_str!("../dataflows/web_analytics.toml"),
+    )
+    .expect("valid");
+    let decoder = waterline::codec::Decoder::new(&spec);
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rejected = 0;
+    for (_, key, payload) in &records {
+        match decoder.decode(Some(payload)) {
+            Ok(e) => {
+                assert_eq!(key.as_deref(), Some(e.key.as_bytes()), "keyed by user");
+                let v: serde_json::Value = serde_json::from_slice(payload).expect("JSON");
+                *types
+                    .entry(v["event_type"].as_str().expect("type").to_string())
+                    .or_default() += 1;
+            }
+            Err(_) => rejected += 1,
+        }
+    }
+    assert!(
+        (120..280).contains(&rejected),
+        "about a fifth are invalid ({rejected})"
+    );
+    for t in ["session_start", "page_view", "conversion"] {
+        assert!(types.get(t).copied().unwrap_or(0) > 10, "{types:?}");
+    }
+}
