@@ -767,6 +767,24 @@ mod tests {
     }
 
     #[test]
+    fn the_input_filter_keeps_events_out_of_every_window() {
+        let text = include_str!("../dataflows/web_analytics.toml").replace(
+            "start_from = \"earliest\"",
+            "start_from = \"earliest\"\nfilter = \"user_id != 'user-9'\"",
+        );
+        let spec = PipelineSpec::from_toml("web", &text).expect("valid");
+        let d = Decoder::new(&spec);
+        let e = d
+            .decode(Some(web_event("page_view", "/", "user-9").as_bytes()))
+            .expect("valid, not a dead letter");
+        assert_eq!(e.windows, vec![None, None, None]);
+        let e = d
+            .decode(Some(web_event("page_view", "/", "user-8").as_bytes()))
+            .expect("valid");
+        assert!(e.windows.iter().all(Option::is_some));
+    }
+
+    #[test]
     fn expression_rules_name_the_rule_in_the_dead_letter() {
         let r = web()
             .decode(Some(web_event("page_view", "docs", "user-7").as_bytes()))

@@ -59,7 +59,8 @@ pub fn sessions<'s>(
     let name = format!("Session[{}]", spec.windows[index].name);
     events.unary_frontier(
         Exchange::new(move |(e, _): &(Event, u64)| {
-            key_hash(e.window(index).map_or("", |g| g.key.as_str()))
+            // Events filtered out are skipped; spread them by their input key.
+            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key.as_str()))
         }),
         &name,
         move |_cap, _info| {
