@@ -798,7 +798,10 @@ mod tests {
         let r = web()
             .decode(Some(web_event("page_view", "/", "bob").as_bytes()))
             .expect_err("not a user id");
-        assert!(r.reason.starts_with("validation.rules[2] "), "{}", r.reason);
+        assert_eq!(
+            r.reason,
+            "validation.rules[2]: `user_id` must look like user-0042"
+        );
     }
 
     #[test]

@@ -48,6 +48,12 @@
 //! types; anything that only fails for some values (division by zero, overflow) is a
 //! per-record error.
 //!
+//! **Cost.** Each evaluation walks the AST with the record's fields bound as variables;
+//! `benches/expr.rs` measures it against the same decode without expressions. One trap:
+//! this interpreter compiles the regular expression of `matches()` on every call, which
+//! makes a rule using it cost tens of times a whole decode; a rule's `pattern` is compiled
+//! once, at start-up, and is the way to check a field against a regular expression.
+//!
 //! **Errors per record.** A rule that evaluates to false, or fails to evaluate, makes the
 //! record a dead letter (`rule_violation`) whose reason names the rule. A filter or value
 //! expression that fails to evaluate does too (kind `rule_violation`, reason naming the

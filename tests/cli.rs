@@ -81,8 +81,8 @@ fn a_bad_expression_or_group_by_field_is_named_at_start_up() {
             "expr = \"page.startsWith('/') && size(pgae) <= 200\"",
         )
         .replace(
-            "expr = \"user_id.matches('^user-[0-9]{1,8}$')\"",
-            "expr = \"user_id.matches('^user-'\"",
+            "filter = \"event_type == 'page_view'\"\ngroup_by",
+            "filter = \"event_type ==\"\ngroup_by",
         )
         .replace(
             "group_by = [\"page\"]",
@@ -98,7 +98,7 @@ fn a_bad_expression_or_group_by_field_is_named_at_start_up() {
     assert!(!ok);
     for needle in [
         "`validation.rules[1].expr`: refers to `pgae` not declared",
-        "`validation.rules[2].expr`: not a valid CEL expression",
+        "`windows[0].filter`: not a valid CEL expression",
         "`windows[0].group_by[1]`: `country` is not declared",
         "`windows[2].value`: evaluates to string, not int, uint or bool",
     ] {
