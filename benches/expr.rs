@@ -53,7 +53,7 @@ fn main() {
     );
     let payloads: Vec<Vec<u8>> = (0..n).map(|_| generator.next(0).payload).collect();
     println!("{n} web events");
-    let mut rate = |spec: &PipelineSpec| {
+    let rate = |spec: &PipelineSpec| {
         let decoder = Decoder::new(spec);
         let t = Instant::now();
         let ok = payloads
