@@ -1,8 +1,9 @@
 //! The window operator: events in, final window results out.
 //!
 //! Input: `(event, wm)` at a timestamp at or below `wm`, the event's partition watermark
-//! when it was read (the source's held time). Events are exchanged by their group key in this window
-//! ([`Event::window`]), so one worker owns each group; events a filter leaves out are skipped.
+//! when it was read (the source's held time). Events are exchanged by their group key in
+//! this window ([`Event::window`]), so one worker owns each group; events its filter leaves
+//! out are skipped.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
