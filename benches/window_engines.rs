@@ -40,7 +40,7 @@ use differential_dataflow::AsCollection;
 use rust_decimal::Decimal;
 use timely::dataflow::operators::vec::{Input, Map};
 use timely::dataflow::operators::{Inspect, Probe};
-use waterline::codec::Event;
+use waterline::codec::{Event, Grouped};
 use waterline::metrics::Metrics;
 use waterline::output::Topics;
 use waterline::spec::PipelineSpec;
@@ -295,6 +295,10 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 key: keys[key].clone(),
                 id: String::new(),
                 values: vec![amount],
+                windows: vec![Some(Grouped {
+                    key: keys[key].clone(),
+                    value: amount,
+                })],
             };
             input.send((event, wm));
             max_seen = max_seen.max(time);

@@ -85,6 +85,10 @@ pub struct ProduceArgs {
     /// Send each line of this file as one record, as it is (no generation).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["rate", "count", "duration"])]
     pub file: Option<PathBuf>,
+    /// Which events to generate: trades (dataflows/trades.toml) or web (page views,
+    /// sessions and conversions for dataflows/web_analytics.toml).
+    #[arg(long, value_enum, default_value_t = EventKind::Trades)]
+    pub kind: EventKind,
     #[command(flatten)]
     /// What to generate.
     pub generate: GenerateArgs,
@@ -99,10 +103,19 @@ pub struct ProduceArgs {
     pub duration: Option<Duration>,
 }
 
-/// What the trade generator makes.
+/// The events `waterline produce` generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventKind {
+    /// Trades keyed by symbol.
+    Trades,
+    /// Web-analytics events keyed by user.
+    Web,
+}
+
+/// What the generators make.
 #[derive(Debug, Args, Clone)]
 pub struct GenerateArgs {
-    /// Number of distinct symbols (keys).
+    /// Number of distinct keys (symbols, or users with --kind web).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub keys: u32,
     /// Fraction of events that are invalid (malformed, failing rules, ...).
@@ -111,7 +124,7 @@ pub struct GenerateArgs {
     /// Fraction of events sent with an event time far enough back to be late.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub late: f64,
-    /// Fraction of events sent twice (same trade id).
+    /// Fraction of events sent twice (same event id).
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub duplicate: f64,
     /// Seed for a repeatable run.

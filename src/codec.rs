@@ -13,6 +13,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::expr::Arg;
 use crate::spec::{Check, FieldType, PipelineSpec};
 
 /// Largest magnitude a decimal field may have. Sums of up to 10^10 such values still fit
@@ -101,6 +102,56 @@ pub struct Event {
     pub id: String,
     /// Values of the dataflow's numeric fields, in `PipelineSpec::numeric_fields` order.
     pub values: Vec<Decimal>,
+    /// Per window, in `PipelineSpec::windows` order: the event's group and value there,
+    /// or `None` when a filter keeps it out of that window.
+    pub windows: Vec<Option<Grouped>>,
+}
+
+/// What one window takes from an event.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Grouped {
+    /// The group key ([`group_key`]).
+    pub key: String,
+    /// The aggregated value (zero when the window aggregates none).
+    pub value: Decimal,
+}
+
+impl Event {
+    /// What window `index` takes from this event, or `None` when it is filtered out.
+    pub fn window(&self, index: usize) -> Option<&Grouped> {
+        self.windows.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// The group key of a window result, from the values of its `group_by` fields in order,
+/// each as text (strings as they are, numbers as written in decimal notation without
+/// trailing zeros, booleans as `true`/`false`, timestamps as epoch milliseconds).
+///
+/// - no fields (one global group): the empty string;
+/// - one field: its value, unchanged, so grouping by the input's key field gives that key;
+/// - several: the values joined by `|`, each with `\` written `\\` and `|` written
+///   `\|`, so that no two different tuples share a key (`a|b` + `c` is `a\|b|c`,
+///   `a` + `b|c` is `a|b\|c`).
+pub fn group_key(parts: &[&str]) -> String {
+    match parts {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        many => {
+            let mut key = String::new();
+            for (i, p) in many.iter().enumerate() {
+                if i > 0 {
+                    key.push('|');
+                }
+                for c in p.chars() {
+                    if c == '\\' || c == '|' {
+                        key.push('\\');
+                    }
+                    key.push(c);
+                }
+            }
+            key
+        }
+    }
 }
 
 /// A value read from a declared field.
@@ -237,9 +288,35 @@ impl Decoder {
             values.push(read_value(name, self.types[i], raw)?);
         }
 
+        let arg = |i: usize| -> Arg<'_> {
+            match &values[i] {
+                FieldValue::Str(s) => Arg::Str(s),
+                FieldValue::Dec(d) => Arg::Decimal(*d),
+                FieldValue::Int(n) => Arg::Int(*n),
+                FieldValue::Bool(b) => Arg::Bool(*b),
+                FieldValue::Time(t) => Arg::Time(*t),
+            }
+        };
         for rule in &self.spec.validation.rules {
-            let name = &self.names[rule.field];
-            let value = &values[rule.field];
+            let Some(field) = rule.field else {
+                let Check::Expr(e) = &rule.check else {
+                    unreachable!("only expression rules have no field")
+                };
+                let why = match e.test(&arg) {
+                    Ok(true) => continue,
+                    Ok(false) => rule
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "is false".to_string()),
+                    Err(err) => format!("cannot be evaluated: {err}"),
+                };
+                return Err(Rejection::new(
+                    ErrorKind::RuleViolation,
+                    format!("{} (`{}`): {why}", rule.name, e.source()),
+                ));
+            };
+            let name = &self.names[field];
+            let value = &values[field];
             let ok = match (&rule.check, value) {
                 (Check::Compare(cmp, bound), FieldValue::Dec(d)) => cmp.holds(*d, *bound),
                 (Check::Compare(cmp, bound), FieldValue::Int(i)) => {
@@ -250,6 +327,12 @@ impl Decoder {
                 _ => false,
             };
             if !ok {
+                if let Some(reason) = &rule.reason {
+                    return Err(Rejection::new(
+                        ErrorKind::RuleViolation,
+                        format!("{}: {reason}", rule.name),
+                    ));
+                }
                 let shown = show(value);
                 let reason = match &rule.check {
                     Check::Compare(cmp, bound) => {
@@ -261,6 +344,7 @@ impl Decoder {
                     Check::Pattern(re) => {
                         format!("`{name}` must match /{}/, got {shown}", re.as_str())
                     }
+                    Check::Expr(e) => format!("{} (`{}`) is false", rule.name, e.source()),
                 };
                 return Err(Rejection::new(ErrorKind::RuleViolation, reason));
             }
@@ -273,7 +357,7 @@ impl Decoder {
         };
         let key = as_text(&values[input.key_field]);
         let id = as_text(&values[input.id_field]);
-        let numbers = self
+        let numbers: Vec<Decimal> = self
             .spec
             .numeric_fields
             .iter()
@@ -283,20 +367,70 @@ impl Decoder {
                 _ => Decimal::ZERO,
             })
             .collect();
+
+        let admitted = match &self.spec.input.filter {
+            None => true,
+            Some(f) => f.test(&arg).map_err(|err| {
+                Rejection::new(
+                    ErrorKind::RuleViolation,
+                    format!("input.filter (`{}`) cannot be evaluated: {err}", f.source()),
+                )
+            })?,
+        };
+        let mut windows = Vec::with_capacity(self.spec.windows.len());
+        for (i, w) in self.spec.windows.iter().enumerate() {
+            let failed = |what: &str, src: &str, err: crate::expr::EvalError| {
+                Rejection::new(
+                    ErrorKind::RuleViolation,
+                    format!("windows[{i}].{what} (`{src}`) cannot be evaluated: {err}"),
+                )
+            };
+            let counted = admitted
+                && match &w.filter {
+                    None => true,
+                    Some(f) => f.test(&arg).map_err(|e| failed("filter", f.source(), e))?,
+                };
+            if !counted {
+                windows.push(None);
+                continue;
+            }
+            let value = match (&w.value_expr, w.value) {
+                (Some(e), _) => e
+                    .number(&arg)
+                    .map_err(|err| failed("value", e.source(), err))?,
+                (None, Some(j)) => numbers_at(&numbers, j),
+                (None, None) => Decimal::ZERO,
+            };
+            let key = if w.group_by.len() == 1 && w.group_by[0] == input.key_field {
+                key.clone()
+            } else {
+                let parts: Vec<String> = w.group_by.iter().map(|&f| as_text(&values[f])).collect();
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                group_key(&parts)
+            };
+            windows.push(Some(Grouped { key, value }));
+        }
         Ok(Event {
             time,
             key,
             id,
             values: numbers,
+            windows,
         })
     }
+}
+
+fn numbers_at(numbers: &[Decimal], j: usize) -> Decimal {
+    numbers.get(j).copied().unwrap_or_default()
 }
 
 fn as_text(v: &FieldValue) -> String {
     match v {
         FieldValue::Str(s) => s.to_string(),
         FieldValue::Int(i) => i.to_string(),
-        other => show(other),
+        FieldValue::Dec(d) => d.normalize().to_string(),
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::Time(t) => t.to_string(),
     }
 }
 
@@ -582,6 +716,147 @@ mod tests {
             kind(with("symbol", "\"\\ud800\"").as_bytes()),
             MalformedJson
         );
+    }
+
+    #[test]
+    fn group_keys_are_unambiguous() {
+        assert_eq!(group_key(&[]), "");
+        assert_eq!(group_key(&["a|b"]), "a|b", "one field: as it is");
+        assert_eq!(group_key(&["a|b", "c"]), r"a\|b|c");
+        assert_eq!(group_key(&["a", "b|c"]), r"a|b\|c");
+        assert_eq!(group_key(&[r"a\", "b"]), r"a\\|b");
+        assert_ne!(group_key(&[r"a\", "b"]), group_key(&["a", r"\b"]));
+    }
+
+    fn web() -> Decoder {
+        let spec = PipelineSpec::from_toml(
+            "web_analytics",
+            include_str!("../dataflows/web_analytics.toml"),
+        )
+        .expect("web_analytics.toml is valid");
+        Decoder::new(&spec)
+    }
+
+    fn web_event(event_type: &str, page: &str, user: &str) -> String {
+        format!(
+            r#"{{"event_id":"e1","timestamp":1000,"user_id":"{user}","event_type":"{event_type}","page":"{page}"}}"#
+        )
+    }
+
+    #[test]
+    fn windows_get_their_filter_group_and_value() {
+        let e = web()
+            .decode(Some(web_event("page_view", "/docs", "user-7").as_bytes()))
+            .expect("valid");
+        let g = |i: usize| e.window(i).map(|g| (g.key.as_str(), g.value));
+        assert_eq!(g(0), Some(("/docs", Decimal::ZERO)), "page views by page");
+        assert_eq!(g(1), Some(("user-7", Decimal::ZERO)), "sessions by user");
+        assert_eq!(g(2), Some(("", Decimal::ZERO)), "one global group");
+        let e = web()
+            .decode(Some(
+                web_event("conversion", "/checkout", "user-7").as_bytes(),
+            ))
+            .expect("valid");
+        assert_eq!(e.window(0), None, "filtered out");
+        assert_eq!(e.window(1), None, "filtered out");
+        assert_eq!(
+            e.window(2).map(|g| g.value),
+            Some(Decimal::ONE),
+            "conversion = 1"
+        );
+    }
+
+    #[test]
+    fn the_input_filter_keeps_events_out_of_every_window() {
+        let text = include_str!("../dataflows/web_analytics.toml").replace(
+            "start_from = \"earliest\"",
+            "start_from = \"earliest\"\nfilter = \"user_id != 'user-9'\"",
+        );
+        let spec = PipelineSpec::from_toml("web", &text).expect("valid");
+        let d = Decoder::new(&spec);
+        let e = d
+            .decode(Some(web_event("page_view", "/", "user-9").as_bytes()))
+            .expect("valid, not a dead letter");
+        assert_eq!(e.windows, vec![None, None, None]);
+        let e = d
+            .decode(Some(web_event("page_view", "/", "user-8").as_bytes()))
+            .expect("valid");
+        assert!(e.windows.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn expression_rules_name_the_rule_in_the_dead_letter() {
+        let r = web()
+            .decode(Some(web_event("page_view", "docs", "user-7").as_bytes()))
+            .expect_err("no slash");
+        assert_eq!(r.kind, ErrorKind::RuleViolation);
+        assert_eq!(
+            r.reason,
+            "validation.rules[1] (`page.startsWith('/') && size(page) <= 200`): \
+             `page` must be a path of at most 200 characters"
+        );
+        let r = web()
+            .decode(Some(web_event("page_view", "/", "bob").as_bytes()))
+            .expect_err("not a user id");
+        assert_eq!(
+            r.reason,
+            "validation.rules[2]: `user_id` must look like user-0042"
+        );
+    }
+
+    #[test]
+    fn an_expression_that_fails_to_evaluate_is_a_rule_violation() {
+        let spec = PipelineSpec::from_toml(
+            "x",
+            r#"
+name = "x"
+[input]
+topic = "t"
+event_time_field = "ts"
+key_field = "k"
+id_field = "id"
+max_out_of_orderness = "1s"
+idle_timeout = "1s"
+[validation.fields]
+n = "integer"
+[[validation.rules]]
+expr = "100 / n != 1"
+[[windows]]
+name = "w"
+kind = "tumbling"
+size = "1s"
+value = "n * 1000000000000"
+aggregates = ["sum"]
+[output]
+topic = "o"
+dead_letter_topic = "d"
+late_topic = "l"
+"#,
+        )
+        .expect("valid");
+        let d = Decoder::new(&spec);
+        let rec = |n: &str| format!(r#"{{"id":"a","ts":1,"k":"x","n":{n}}}"#);
+        let r = d
+            .decode(Some(rec("0").as_bytes()))
+            .expect_err("division by zero");
+        assert_eq!(r.kind, ErrorKind::RuleViolation);
+        assert!(
+            r.reason
+                .starts_with("validation.rules[0] (`100 / n != 1`): cannot be evaluated"),
+            "{}",
+            r.reason
+        );
+        let r = d.decode(Some(rec("100").as_bytes())).expect_err("false");
+        assert!(r.reason.ends_with(": is false"), "{}", r.reason);
+        let e = d.decode(Some(rec("5").as_bytes())).expect("valid");
+        assert_eq!(
+            e.window(0).map(|g| g.value),
+            Some(Decimal::from(5_000_000_000_000i64))
+        );
+        let r = d
+            .decode(Some(rec("9000000000").as_bytes()))
+            .expect_err("overflow");
+        assert!(r.reason.starts_with("windows[0].value"), "{}", r.reason);
     }
 
     #[test]

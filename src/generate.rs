@@ -1,5 +1,6 @@
-//! The trade generator behind `waterline produce` and `waterline demo`: realistic trades
-//! with chosen fractions of invalid, late and duplicate records, repeatable from a seed.
+//! The generators behind `waterline produce` and `waterline demo`: realistic trades (or,
+//! with `produce --kind web`, web-analytics events) with chosen fractions of invalid, late
+//! and duplicate records, repeatable from a seed.
 
 use std::collections::VecDeque;
 
@@ -153,5 +154,224 @@ impl TradeGenerator {
             self.recent.push_back(g.clone());
         }
         g
+    }
+}
+
+const PAGES: [&str; 8] = [
+    "/",
+    "/pricing",
+    "/docs",
+    "/blog",
+    "/signup",
+    "/features",
+    "/about",
+    "/checkout",
+];
+
+/// Per user: when (in event time) the user is back after leaving, and whether the next
+/// event opens a session.
+#[derive(Clone, Copy, Debug)]
+struct User {
+    back_at: u64,
+    new_session: bool,
+}
+
+/// Generates web-analytics events (`dataflows/web_analytics.toml`): per user, sessions of
+/// page views (`session_start` first, sometimes a `conversion`), with pauses of 31 to 120
+/// minutes of event time between sessions; with the same fractions of invalid, late and
+/// duplicate records as [`TradeGenerator`], repeatable from the seed.
+///
+/// ```text
+/// {"event_id":"WEB-00000001","timestamp":"2026-01-13T14:30:45.123Z","user_id":"user-0007","event_type":"page_view","page":"/pricing"}
+/// ```
+pub struct WebGenerator {
+    rng: StdRng,
+    args: GenerateArgs,
+    users: Vec<User>,
+    sent: u64,
+    recent: VecDeque<Generated>,
+    start_ms: u64,
+}
+
+impl WebGenerator {
+    /// A generator; event times start at `start_ms` when `time_step_ms` is set.
+    pub fn new(args: GenerateArgs, start_ms: u64) -> Self {
+        let users = vec![
+            User {
+                back_at: 0,
+                new_session: true,
+            };
+            args.keys as usize
+        ];
+        WebGenerator {
+            rng: StdRng::seed_from_u64(args.seed),
+            args,
+            users,
+            sent: 0,
+            recent: VecDeque::new(),
+            start_ms,
+        }
+    }
+
+    /// The next record; `now_ms` is the event time to use when no time step is set.
+    pub fn next(&mut self, now_ms: u64) -> Generated {
+        self.sent += 1;
+        let base = if self.args.time_step_ms > 0 {
+            self.start_ms + self.sent * self.args.time_step_ms
+        } else {
+            now_ms
+        };
+        let roll: f64 = self.rng.random();
+        let args = &self.args;
+        if roll < args.duplicate && !self.recent.is_empty() {
+            let i = self.rng.random_range(0..self.recent.len());
+            let mut copy = self.recent[i].clone();
+            copy.kind = Kind::Duplicate;
+            return copy;
+        }
+        let roll = roll - args.duplicate;
+        let (kind, time) = if roll >= 0.0 && roll < args.invalid {
+            (Kind::Invalid, base)
+        } else if roll >= args.invalid && roll < args.invalid + args.late {
+            (
+                Kind::Late,
+                base.saturating_sub(self.rng.random_range(180_000..600_000)),
+            )
+        } else {
+            (
+                Kind::Valid,
+                base.saturating_sub(self.rng.random_range(0..2_000)),
+            )
+        };
+        // A user who is not away; when all are, the one back first.
+        let here: Vec<usize> = (0..self.users.len())
+            .filter(|&u| self.users[u].back_at <= base)
+            .collect();
+        let u = if here.is_empty() {
+            (0..self.users.len())
+                .min_by_key(|&u| (self.users[u].back_at, u))
+                .expect("there is at least one user")
+        } else {
+            here[self.rng.random_range(0..here.len())]
+        };
+        let user = format!("user-{u:04}");
+        let event_type = if self.users[u].new_session {
+            "session_start"
+        } else if self.rng.random_bool(0.1) {
+            "conversion"
+        } else {
+            "page_view"
+        };
+        let page = match event_type {
+            "conversion" => "/checkout",
+            _ => PAGES[self.rng.random_range(0..PAGES.len() - 1)],
+        };
+        if kind != Kind::Invalid {
+            // Late records are re-sent history: they do not move the user along.
+            if kind == Kind::Valid {
+                let leaves = self.rng.random_bool(0.08);
+                self.users[u] = User {
+                    back_at: if leaves {
+                        base + self.rng.random_range(31 * 60_000..120 * 60_000)
+                    } else {
+                        0
+                    },
+                    new_session: leaves,
+                };
+            }
+        }
+        let id = format!("WEB-{:08}", self.sent);
+        let time_json = if self.rng.random_bool(0.5) {
+            format!("\"{}\"", rfc3339_ms(time))
+        } else {
+            time.to_string()
+        };
+        let good = format!(
+            r#"{{"event_id":"{id}","timestamp":{time_json},"user_id":"{user}","event_type":"{event_type}","page":"{page}"}}"#
+        );
+        let payload = if kind == Kind::Invalid {
+            match self.rng.random_range(0..9) {
+                0 => good.as_bytes()[..good.len() / 2].to_vec(),
+                1 => good
+                    .replace(&format!("\"{event_type}\""), "\"exploded\"")
+                    .into_bytes(),
+                2 => good
+                    .replace(&format!("\"page\":\"{page}\""), "\"page\":\"no-slash\"")
+                    .into_bytes(),
+                3 => good
+                    .replace(&format!("\"{user}\""), "\"anonymous\"")
+                    .into_bytes(),
+                4 => good
+                    .replace(&format!(r#","user_id":"{user}""#), "")
+                    .into_bytes(),
+                5 => {
+                    let mut b = good.into_bytes();
+                    b.insert(5, 0xff);
+                    b
+                }
+                6 => Vec::new(),
+                7 => b"[\"not\",\"an\",\"object\"]".to_vec(),
+                _ => good.replace(&time_json, "\"yesterday\"").into_bytes(),
+            }
+        } else {
+            good.into_bytes()
+        };
+        let g = Generated {
+            key: Some(user.into_bytes()),
+            payload,
+            kind,
+        };
+        if kind == Kind::Valid {
+            if self.recent.len() >= 64 {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(g.clone());
+        }
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(seed: u64) -> GenerateArgs {
+        GenerateArgs {
+            keys: 5,
+            invalid: 0.1,
+            late: 0.05,
+            duplicate: 0.05,
+            seed,
+            time_step_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn web_events_are_repeatable_from_the_seed() {
+        let run = |seed| {
+            let mut g = WebGenerator::new(args(seed), 1_700_000_000_000);
+            (0..500).map(|_| g.next(0).payload).collect::<Vec<_>>()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn web_users_start_sessions_and_come_back_after_a_pause() {
+        let mut g = WebGenerator::new(args(9), 1_700_000_000_000);
+        let mut kinds = std::collections::BTreeMap::new();
+        for _ in 0..2_000 {
+            let r = g.next(0);
+            if r.kind != Kind::Valid {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("valid JSON");
+            *kinds
+                .entry(v["event_type"].as_str().unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+        for k in ["session_start", "page_view", "conversion"] {
+            assert!(kinds.get(k).copied().unwrap_or(0) > 20, "{kinds:?}");
+        }
     }
 }

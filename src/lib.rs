@@ -11,7 +11,8 @@
 //! Module map:
 //! - [`spec`] dataflow files → a validated pipeline; [`config`] environment settings;
 //!   [`fields`] the reader that reports every bad field at once.
-//! - [`codec`] bytes → events, or a rejection with a reason.
+//! - [`codec`] bytes → events, or a rejection with a reason; [`expr`] CEL rules, filters
+//!   and window values.
 //! - [`time`] event time and per-partition watermarks.
 //! - [`source`] the source operator and its readers (Kafka, in-memory).
 //! - [`window`] assignment functions, accumulators, the window operator.
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod config;
 pub mod dedupe;
 pub mod demo;
+pub mod expr;
 pub mod fault;
 pub mod fields;
 pub mod generate;

@@ -311,6 +311,12 @@ pub struct WindowResult {
     /// Average, rounded half-to-even to the window's `avg_scale`.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "opt_decimal")]
     pub avg: Option<Decimal>,
+    /// Sessions: last event time − first event time, ms.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<u64>,
+    /// Sessions: exactly one counted event.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bounce: Option<bool>,
     /// With `emit = "updates"`: whether this is the window's final value (absent in final
     /// mode, where every result is final).
     #[serde(rename = "final", skip_serializing_if = "Option::is_none", default)]
@@ -356,6 +362,8 @@ fn result_of(
         min: has(Aggregate::Min).then_some(acc.min),
         max: has(Aggregate::Max).then_some(acc.max),
         avg: has(Aggregate::Avg).then(|| acc.avg(window.avg_scale)),
+        duration_ms: has(Aggregate::Duration).then(|| acc.duration_ms()),
+        bounce: has(Aggregate::Bounce).then(|| acc.bounce()),
         is_final: None,
     }
 }

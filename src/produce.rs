@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use crate::cli::ProduceArgs;
+use crate::cli::{EventKind, ProduceArgs};
 use crate::config::Config;
-use crate::generate::{Kind, TradeGenerator};
+use crate::generate::{Generated, Kind, TradeGenerator, WebGenerator};
 use crate::kafka::{self, TopicRequest};
 use crate::output::murmur2;
 
@@ -71,7 +71,17 @@ pub fn produce(
             send(&mut sent, None, &line)?;
         }
     } else {
-        let mut generator = TradeGenerator::new(args.generate.clone(), crate::source::now_ms());
+        let start = crate::source::now_ms();
+        let mut generator: Box<dyn FnMut(u64) -> Generated> = match args.kind {
+            EventKind::Trades => {
+                let mut g = TradeGenerator::new(args.generate.clone(), start);
+                Box::new(move |now| g.next(now))
+            }
+            EventKind::Web => {
+                let mut g = WebGenerator::new(args.generate.clone(), start);
+                Box::new(move |now| g.next(now))
+            }
+        };
         let started = Instant::now();
         let mut counts = (0, 0, 0);
         loop {
@@ -92,7 +102,7 @@ pub fn produce(
                     continue;
                 }
             }
-            let g = generator.next(crate::source::now_ms());
+            let g = generator(crate::source::now_ms());
             match g.kind {
                 Kind::Invalid => counts.0 += 1,
                 Kind::Late => counts.1 += 1,

@@ -19,12 +19,17 @@
 //! [[validation.rules]]
 //! field = "amount"
 //! gt = "0"
+//! [[validation.rules]]              # or a CEL condition on any fields (crate::expr)
+//! expr = "status != 'cancelled' || amount < 1000000.0"
+//! reason = "large trades cannot be cancelled"
 //! [[windows]]
 //! name = "trades_1m"
 //! kind = "tumbling"                # or "hopping" (alias "sliding") with slide = "10s"
 //! size = "1m"
 //! grace = "10s"
-//! field = "amount"
+//! field = "amount"                 # or value = "<CEL returning int, uint or bool>"
+//! group_by = ["symbol"]            # the default: input.key_field; [] = one group
+//! filter = "status == 'filled'"    # only these events count in this window
 //! aggregates = ["count", "sum", "min", "max", "avg"]
 //! [dedupe]                        # optional: drop repeated event ids
 //! horizon = "5m"
@@ -42,6 +47,7 @@ use std::time::Duration;
 use regex::Regex;
 use rust_decimal::Decimal;
 
+use crate::expr::{Expr, Returns};
 use crate::fields::{Problems, Table, parse_toml};
 
 /// A dataflow that failed to load: every problem, one per line.
@@ -111,6 +117,8 @@ pub enum Check {
     OneOf(Vec<String>),
     /// The string must match this regular expression (anchored as written).
     Pattern(Regex),
+    /// A CEL condition on any declared fields must be true ([`crate::expr`]).
+    Expr(Expr),
 }
 
 /// A comparison operator of a numeric rule.
@@ -148,13 +156,17 @@ impl Comparison {
     }
 }
 
-/// A validation rule: a check on one declared field.
+/// A validation rule: a check on one declared field, or a CEL condition.
 #[derive(Clone, Debug)]
 pub struct Rule {
-    /// Index into [`Validation::fields`].
-    pub field: usize,
+    /// The rule as named in messages: `validation.rules[2]`.
+    pub name: String,
+    /// Index into [`Validation::fields`] (none for an `expr` rule).
+    pub field: Option<usize>,
     /// What must hold.
     pub check: Check,
+    /// Written to the dead letter when the rule fails, after the rule's name.
+    pub reason: Option<String>,
 }
 
 /// What an event must look like to be processed.
@@ -194,6 +206,9 @@ pub struct InputSpec {
     pub idle_timeout: Duration,
     /// Where to start without recorded or given positions.
     pub start_from: StartFrom,
+    /// Only events for which this is true reach any window (others are skipped, not
+    /// dead letters).
+    pub filter: Option<Expr>,
 }
 
 /// An aggregate computed per window.
@@ -209,6 +224,10 @@ pub enum Aggregate {
     Max,
     /// `sum / count`, rounded half-to-even to `avg_scale` decimal places.
     Avg,
+    /// Sessions only: last event time − first event time, in milliseconds.
+    Duration,
+    /// Sessions only: whether the session has exactly one counted event.
+    Bounce,
 }
 
 impl Aggregate {
@@ -219,6 +238,8 @@ impl Aggregate {
             "min" => Aggregate::Min,
             "max" => Aggregate::Max,
             "avg" => Aggregate::Avg,
+            "duration" => Aggregate::Duration,
+            "bounce" => Aggregate::Bounce,
             _ => return None,
         })
     }
@@ -277,6 +298,13 @@ pub struct WindowSpec {
     pub grace_ms: u64,
     /// Index of the aggregated numeric field among [`PipelineSpec::numeric_fields`].
     pub value: Option<usize>,
+    /// Or the aggregated value computed per event (int, uint or bool as 0/1).
+    pub value_expr: Option<Expr>,
+    /// Only events for which this is true count in this window.
+    pub filter: Option<Expr>,
+    /// The fields whose values make an event's group key, in order (indices into
+    /// [`Validation::fields`]); empty: one global group. See [`crate::codec::group_key`].
+    pub group_by: Vec<usize>,
     /// What to compute, in output order.
     pub aggregates: Vec<Aggregate>,
     /// Topic the results go to.
@@ -460,6 +488,11 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         let id_field = require(input, "id_field", FieldType::String, problems);
         let ooo = input.duration("max_out_of_orderness", problems);
         let idle = input.duration("idle_timeout", problems);
+        let filter = input.opt_string("filter", problems).and_then(|src| {
+            Expr::compile(&src, &fields, Returns::Bool)
+                .map_err(|e| problems.field(&input.path_of("filter"), e))
+                .ok()
+        });
         let start_from = match input.opt_string("start_from", problems).as_deref() {
             None | Some("earliest") => Some(StartFrom::Earliest),
             Some("latest") => Some(StartFrom::Latest),
@@ -495,6 +528,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
                 max_out_of_orderness_ms: millis(ooo),
                 idle_timeout: idle,
                 start_from,
+                filter,
             });
         }
     }
@@ -566,9 +600,16 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
     if window_tables.is_empty() {
         problems.field("windows", "at least one [[windows]] table is required");
     }
+    let key_field = input_spec.as_ref().map(|i| i.key_field);
     for w in window_tables {
-        if let Some(spec) = read_window(&w, &fields, &mut numeric_fields, output.as_ref(), problems)
-        {
+        if let Some(spec) = read_window(
+            &w,
+            &fields,
+            key_field,
+            &mut numeric_fields,
+            output.as_ref(),
+            problems,
+        ) {
             if windows.iter().any(|x: &WindowSpec| x.name == spec.name) {
                 problems.field(
                     &w.path_of("name"),
@@ -597,6 +638,28 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
 }
 
 fn read_rule(t: &Table, fields: &[FieldSpec], problems: &mut Problems) -> Option<Rule> {
+    let reason = t.opt_string("reason", problems);
+    if let Some(src) = t.opt_string("expr", problems) {
+        // Any other check beside it is reported as an unknown setting.
+        if t.raw("field").is_some() {
+            problems.field(
+                &t.path_of("field"),
+                "an `expr` rule names its fields in the expression; remove `field`",
+            );
+        }
+        return match Expr::compile(&src, fields, Returns::Bool) {
+            Ok(e) => Some(Rule {
+                name: t.path().to_string(),
+                field: None,
+                check: Check::Expr(e),
+                reason,
+            }),
+            Err(e) => {
+                problems.field(&t.path_of("expr"), e);
+                None
+            }
+        };
+    }
     let name = t.string("field", problems)?;
     let Some(field) = fields.iter().position(|f| f.name == name) else {
         // The checks of a rule on an unknown field are not themselves unknown settings.
@@ -670,11 +733,16 @@ fn read_rule(t: &Table, fields: &[FieldSpec], problems: &mut Problems) -> Option
         }
     }
     match checks.len() {
-        1 => checks.pop().map(|check| Rule { field, check }),
+        1 => checks.pop().map(|check| Rule {
+            name: t.path().to_string(),
+            field: Some(field),
+            check,
+            reason,
+        }),
         0 => {
             problems.field(
                 t.path(),
-                "a rule needs one of gt, ge, lt, le, one_of, pattern",
+                "a rule needs one of gt, ge, lt, le, one_of, pattern, or an expr",
             );
             None
         }
@@ -691,6 +759,7 @@ fn read_rule(t: &Table, fields: &[FieldSpec], problems: &mut Problems) -> Option
 fn read_window(
     t: &Table,
     fields: &[FieldSpec],
+    key_field: Option<usize>,
     numeric_fields: &mut Vec<usize>,
     output: Option<&OutputSpec>,
     problems: &mut Problems,
@@ -785,17 +854,78 @@ fn read_window(
             ),
             None => problems.field(
                 &format!("{}[{i}]", t.path_of("aggregates")),
-                format!("unknown aggregate `{a}`; use count, sum, min, max or avg"),
+                format!(
+                    "unknown aggregate `{a}`; use count, sum, min, max, avg, \
+                     or for sessions duration and bounce"
+                ),
             ),
         }
     }
-    let needs_value = aggs.iter().any(|a| *a != Aggregate::Count);
+    if !matches!(kind, Some(WindowKind::Session { .. }) | None) {
+        for (i, a) in aggregates.iter().enumerate() {
+            if matches!(
+                Aggregate::parse(a),
+                Some(Aggregate::Duration | Aggregate::Bounce)
+            ) {
+                problems.field(
+                    &format!("{}[{i}]", t.path_of("aggregates")),
+                    format!("`{a}` is an aggregate of session windows only"),
+                );
+            }
+        }
+    }
+    let needs_value = aggs.iter().any(|a| {
+        matches!(
+            a,
+            Aggregate::Sum | Aggregate::Min | Aggregate::Max | Aggregate::Avg
+        )
+    });
+    let filter = t.opt_string("filter", problems).and_then(|src| {
+        Expr::compile(&src, fields, Returns::Bool)
+            .map_err(|e| problems.field(&t.path_of("filter"), e))
+            .ok()
+    });
+    let group_by = match t.opt_strings("group_by", problems) {
+        None => key_field.into_iter().collect(),
+        Some(names) => {
+            let mut by = Vec::new();
+            for (i, f) in names.iter().enumerate() {
+                match fields.iter().position(|x| &x.name == f) {
+                    Some(j) if by.contains(&j) => problems.field(
+                        &format!("{}[{i}]", t.path_of("group_by")),
+                        format!("`{f}` is listed twice"),
+                    ),
+                    Some(j) => by.push(j),
+                    None => problems.field(
+                        &format!("{}[{i}]", t.path_of("group_by")),
+                        format!("`{f}` is not declared in [validation.fields]"),
+                    ),
+                }
+            }
+            by
+        }
+    };
     let field = t.opt_string("field", problems);
+    let value_src = t.opt_string("value", problems);
+    let value_expr = value_src.as_ref().and_then(|src| {
+        if field.is_some() {
+            problems.field(
+                &t.path_of("value"),
+                "a window aggregates either a `field` or a `value` expression, not both",
+            );
+            return None;
+        }
+        Expr::compile(src, fields, Returns::Number)
+            .map_err(|e| problems.field(&t.path_of("value"), e))
+            .ok()
+    });
     let value = match (&field, needs_value) {
+        (None, true) if value_src.is_some() => None,
         (None, true) => {
             problems.field(
                 &t.path_of("field"),
-                "is required by sum, min, max and avg: the numeric field to aggregate",
+                "is required by sum, min, max and avg: the numeric field to aggregate \
+                 (or a `value` expression)",
             );
             None
         }
@@ -855,7 +985,7 @@ fn read_window(
     let topic = t
         .opt_string("topic", problems)
         .or_else(|| output.map(|o| o.topic.clone()));
-    if needs_value && value.is_none() {
+    if needs_value && value.is_none() && value_expr.is_none() {
         return None;
     }
     Some(WindowSpec {
@@ -863,6 +993,9 @@ fn read_window(
         kind: kind?,
         grace_ms: grace,
         value,
+        value_expr,
+        filter,
+        group_by,
         aggregates: aggs,
         topic: topic?,
         avg_scale,
@@ -894,6 +1027,103 @@ mod tests {
             70_000 + 300_000,
             "window size + grace + dedupe horizon"
         );
+    }
+
+    #[test]
+    fn the_shipped_web_analytics_dataflow_is_valid() {
+        let spec = PipelineSpec::from_toml(
+            "web_analytics.toml",
+            include_str!("../dataflows/web_analytics.toml"),
+        )
+        .expect("web_analytics.toml is valid");
+        let field = |name: &str| {
+            spec.validation
+                .fields
+                .iter()
+                .position(|f| f.name == name)
+                .expect("declared")
+        };
+        let [pages, sessions, conversions] = &spec.windows[..] else {
+            panic!("three windows");
+        };
+        assert_eq!(pages.group_by, vec![field("page")]);
+        assert!(pages.filter.is_some());
+        assert_eq!(
+            sessions.group_by,
+            vec![field("user_id")],
+            "the default: the key"
+        );
+        assert_eq!(
+            sessions.aggregates,
+            vec![Aggregate::Count, Aggregate::Duration, Aggregate::Bounce]
+        );
+        assert!(conversions.group_by.is_empty());
+        assert!(conversions.value_expr.is_some() && conversions.value.is_none());
+        assert_eq!(spec.validation.rules.len(), 3);
+        assert_eq!(spec.validation.rules[1].name, "validation.rules[1]");
+    }
+
+    #[test]
+    fn bad_expressions_and_groupings_are_named() {
+        let text = r#"
+name = "x"
+[input]
+topic = "t"
+event_time_field = "ts"
+key_field = "k"
+id_field = "id"
+max_out_of_orderness = "1s"
+idle_timeout = "1s"
+filter = "k =="
+[validation.fields]
+n = "integer"
+page = "string"
+[[validation.rules]]
+field = "n"
+ge = 0
+[[validation.rules]]
+expr = "n > 0 && colour == 'red'"
+[[validation.rules]]
+expr = "page > 1"
+[[windows]]
+name = "w"
+kind = "tumbling"
+size = "1s"
+group_by = ["page", "nope", "page"]
+filter = "n + 1"
+value = "double(n) * 1.5"
+aggregates = ["sum", "duration"]
+[[windows]]
+name = "v"
+kind = "tumbling"
+size = "1s"
+field = "n"
+value = "n"
+aggregates = ["sum"]
+[output]
+topic = "o"
+dead_letter_topic = "d"
+late_topic = "l"
+"#;
+        let err = PipelineSpec::from_toml("bad.toml", text).expect_err("must fail");
+        let all = err.problems.join(
+            "
+",
+        );
+        for needle in [
+            "`input.filter`: not a valid CEL expression",
+            "`validation.rules[1].expr`: refers to `colour` not declared in [validation.fields]",
+            "`validation.rules[2].expr`: type error",
+            "`windows[0].group_by[1]`: `nope` is not declared",
+            "`windows[0].group_by[2]`: `page` is listed twice",
+            "`windows[0].filter`: evaluates to int, not bool",
+            "`windows[0].value`: evaluates to double",
+            "`windows[0].aggregates[1]`: `duration` is an aggregate of session windows only",
+            "`windows[1].value`: a window aggregates either a `field` or a `value`",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 9, "{all}");
     }
 
     #[test]

@@ -69,3 +69,49 @@ fn bad_flags_name_the_flag() {
     assert!(!ok);
     assert!(stderr.contains("--late"), "{stderr}");
 }
+
+#[test]
+fn a_bad_expression_or_group_by_field_is_named_at_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    let good = include_str!("../dataflows/web_analytics.toml");
+    let bad = good
+        .replace(
+            "expr = \"page.startsWith('/') && size(page) <= 200\"",
+            "expr = \"page.startsWith('/') && size(pgae) <= 200\"",
+        )
+        .replace(
+            "filter = \"event_type == 'page_view'\"\ngroup_by",
+            "filter = \"event_type ==\"\ngroup_by",
+        )
+        .replace(
+            "group_by = [\"page\"]",
+            "group_by = [\"page\", \"country\"]",
+        )
+        .replace(
+            "value = \"event_type == 'conversion'\"",
+            "value = \"event_type\"",
+        );
+    assert_ne!(bad, good);
+    std::fs::write(&path, bad).expect("write");
+    let (ok, stderr) = waterline(&["run", "--dataflow", path.to_str().expect("utf-8")]);
+    assert!(!ok);
+    for needle in [
+        "`validation.rules[1].expr`: refers to `pgae` not declared",
+        "`windows[0].filter`: not a valid CEL expression",
+        "`windows[0].group_by[1]`: `country` is not declared",
+        "`windows[2].value`: evaluates to string, not int, uint or bool",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn produce_knows_the_web_events() {
+    let (ok, stderr) = waterline(&["produce", "--kind", "clicks"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--kind") && stderr.contains("web"),
+        "{stderr}"
+    );
+}

@@ -8,6 +8,7 @@
 //!  decode + validate ──Err──► dead letter ─────────────────────────┐
 //!    │ Ok(event at t)                                              │
 //!    ├─ late for window w (w's end + grace <= wm_p) ─► late record ─┤ Err(OutRecord) at wm_p
+//!    │    (only windows whose filter counts the event)             │
 //!    ├─ a repeated id (dedupe, unless late for every window) ───────┤ dead letter, if asked
 //!    ▼                                                              ▼
 //!  Ok((event, wm_p)) at the held time                             sink
@@ -224,10 +225,15 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         }
                         Ok(event) => {
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
+                            // Windows the event does not reach: filtered out, or late.
                             let late = spec
                                 .windows
                                 .iter()
-                                .filter(|w| crate::window::is_late(w, event.time, wm))
+                                .enumerate()
+                                .filter(|(i, w)| {
+                                    event.window(*i).is_none()
+                                        || crate::window::is_late(w, event.time, wm)
+                                })
                                 .count();
                             let repeat = late < all_windows
                                 && dedupe.is_some_and(|d| {
@@ -260,14 +266,19 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                     side.entry(wm).or_default().push(Err(letter));
                                 }
                             } else {
-                                for w in spec.windows.iter() {
+                                for (i, w) in spec.windows.iter().enumerate() {
+                                    // A window's filter decides first: an event it
+                                    // leaves out is not late for it.
+                                    let Some(grouped) = event.window(i) else {
+                                        continue;
+                                    };
                                     if crate::window::is_late(w, event.time, wm) {
                                         metrics.late_records.inc();
                                         let record = output::late_record(
                                             &spec,
                                             &topics,
                                             w,
-                                            &event.key,
+                                            &grouped.key,
                                             event.time,
                                             wm,
                                             source(),

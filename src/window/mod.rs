@@ -86,16 +86,24 @@ pub struct Accumulator {
     pub min: Decimal,
     /// Greatest value.
     pub max: Decimal,
+    /// Earliest event time, epoch ms.
+    #[serde(default)]
+    pub first: u64,
+    /// Latest event time, epoch ms.
+    #[serde(default)]
+    pub last: u64,
 }
 
 impl Accumulator {
-    /// The aggregates of one value.
-    pub fn of(v: Decimal) -> Self {
+    /// The aggregates of one value, of an event at time `t`.
+    pub fn of(v: Decimal, t: u64) -> Self {
         Accumulator {
             count: 1,
             sum: v,
             min: v,
             max: v,
+            first: t,
+            last: t,
         }
     }
 
@@ -106,12 +114,16 @@ impl Accumulator {
             sum: Decimal::ZERO,
             min: Decimal::MAX,
             max: Decimal::MIN,
+            first: u64::MAX,
+            last: 0,
         }
     }
 
-    /// Adds one value.
-    pub fn add(&mut self, v: Decimal) {
+    /// Adds one value, of an event at time `t`.
+    pub fn add(&mut self, v: Decimal, t: u64) {
         self.count += 1;
+        self.first = self.first.min(t);
+        self.last = self.last.max(t);
         // Inputs are bounded by codec::MAX_ABS_DECIMAL (10^18), so 10^10 of them fit the
         // 96-bit mantissa; saturating keeps the impossible case from panicking.
         self.sum = self.sum.saturating_add(v);
@@ -129,6 +141,18 @@ impl Accumulator {
         self.sum = self.sum.saturating_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+
+    /// Last event time − first event time, ms.
+    pub fn duration_ms(&self) -> u64 {
+        self.last - self.first
+    }
+
+    /// Whether exactly one event was counted.
+    pub fn bounce(&self) -> bool {
+        self.count == 1
     }
 
     /// `sum / count` rounded half-to-even to `scale` places, computed exactly.
@@ -188,16 +212,20 @@ mod tests {
     #[test]
     fn accumulators_merge_in_any_order() {
         let values = ["3.5", "-1", "10.25", "0.001"];
-        let mut a = Accumulator::of(d(values[0]));
-        for v in &values[1..] {
-            a.add(d(v));
+        let times = [40, 10, 70, 25];
+        let mut a = Accumulator::of(d(values[0]), times[0]);
+        for i in 1..4 {
+            a.add(d(values[i]), times[i]);
         }
-        let mut b = Accumulator::of(d(values[3]));
-        let mut c = Accumulator::of(d(values[1]));
-        c.add(d(values[2]));
+        let mut b = Accumulator::of(d(values[3]), times[3]);
+        let mut c = Accumulator::of(d(values[1]), times[1]);
+        c.add(d(values[2]), times[2]);
         b.merge(&c);
-        b.merge(&Accumulator::of(d(values[0])));
+        b.merge(&Accumulator::of(d(values[0]), times[0]));
         assert_eq!(a, b);
+        assert_eq!((a.first, a.last, a.duration_ms()), (10, 70, 60));
+        assert!(!a.bounce());
+        assert!(Accumulator::of(d("1"), 5).bounce());
         assert_eq!(a.count, 4);
         assert_eq!(a.sum, d("12.751"));
         assert_eq!(a.min, d("-1"));
@@ -227,6 +255,9 @@ mod tests {
             kind: WindowKind::Tumbling { size_ms: 1_000 },
             grace_ms: 200,
             value: None,
+            value_expr: None,
+            filter: None,
+            group_by: vec![],
             aggregates: vec![],
             topic: "o".into(),
             avg_scale: 2,

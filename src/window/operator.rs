@@ -1,7 +1,9 @@
 //! The window operator: events in, final window results out.
 //!
 //! Input: `(event, wm)` at a timestamp at or below `wm`, the event's partition watermark
-//! when it was read (the source's held time). Events are exchanged by key, so one worker owns each key.
+//! when it was read (the source's held time). Events are exchanged by their group key in
+//! this window ([`Event::window`]), so one worker owns each group; events a filter leaves
+//! out are skipped.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
@@ -82,7 +84,10 @@ pub fn windows<'s>(
 ) -> StreamVec<'s, u64, OutRecord> {
     let name = format!("Window[{}]", spec.windows[index].name);
     events.unary_frontier(
-        Exchange::new(|(e, _): &(Event, u64)| key_hash(&e.key)),
+        Exchange::new(move |(e, _): &(Event, u64)| {
+            // Events filtered out are skipped; spread them by their input key.
+            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key.as_str()))
+        }),
         &name,
         move |_cap, _info| {
             // Close time → the running totals of the windows that close then.
@@ -97,7 +102,10 @@ pub fn windows<'s>(
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
                         for (event, wm) in batch.drain(..) {
-                            let value = w.value.map(|i| event.values[i]).unwrap_or_default();
+                            let Some(grouped) = event.window(index) else {
+                                continue; // filtered out of this window
+                            };
+                            let (key, value, t) = (&grouped.key, grouped.value, event.time);
                             // Each window the event belongs to that has not closed at its
                             // partition's watermark (none, when it is late for them all).
                             for (start, end) in windows_of(w.kind, event.time) {
@@ -110,20 +118,20 @@ pub fn windows<'s>(
                                 });
                                 if let Emit::Updates { interval_ms } = w.emit {
                                     let at = update_time(event.time, wm, interval_ms, close);
-                                    accs.entry((event.key.clone(), start))
+                                    accs.entry((key.clone(), start))
                                         .or_insert_with(Accumulator::empty);
                                     let (_, pending) = changes.entry(at).or_insert_with(|| {
                                         (cap.delayed(&at, out_port), HashMap::new())
                                     });
                                     pending
-                                        .entry((event.key.clone(), start, close))
+                                        .entry((key.clone(), start, close))
                                         .or_insert_with(Accumulator::empty)
-                                        .add(value);
+                                        .add(value, t);
                                     continue;
                                 }
-                                accs.entry((event.key.clone(), start))
-                                    .and_modify(|acc| acc.add(value))
-                                    .or_insert_with(|| Accumulator::of(value));
+                                accs.entry((key.clone(), start))
+                                    .and_modify(|acc| acc.add(value, t))
+                                    .or_insert_with(|| Accumulator::of(value, t));
                             }
                         }
                     }

@@ -133,7 +133,10 @@ pub fn sessions<'s>(
 ) -> StreamVec<'s, u64, OutRecord> {
     let name = format!("Session[{}]", spec.windows[index].name);
     events.unary_frontier(
-        Exchange::new(|(e, _): &(Event, u64)| key_hash(&e.key)),
+        Exchange::new(move |(e, _): &(Event, u64)| {
+            // Events filtered out are skipped; spread them by their input key.
+            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key.as_str()))
+        }),
         &name,
         move |_cap, _info| {
             // key → start → session; and, to emit them, close time → (key, start).
@@ -159,17 +162,20 @@ pub fn sessions<'s>(
                             if event.time.saturating_add(w.grace_ms) < wm {
                                 continue; // late: the source routed it to the late topic
                             }
-                            let value = w.value.map(|i| event.values[i]).unwrap_or_default();
+                            let Some(grouped) = event.window(index) else {
+                                continue; // filtered out of this window
+                            };
+                            let (key, value) = (&grouped.key, grouped.value);
                             match w.emit {
                                 Emit::Final => {
                                     let own = interval(gap_ms, max_duration_ms, event.time);
-                                    let sessions = open.entry(event.key.clone()).or_default();
+                                    let sessions = open.entry(key.clone()).or_default();
                                     merge_into(
                                         sessions,
                                         &mut closing,
-                                        &event.key,
+                                        key,
                                         own,
-                                        Accumulator::of(value),
+                                        Accumulator::of(value, event.time),
                                         max_duration_ms,
                                         w.grace_ms,
                                         |close| cap.delayed(&close, out_port),
@@ -181,7 +187,7 @@ pub fn sessions<'s>(
                                         .entry(at)
                                         .or_insert_with(|| (cap.delayed(&at, out_port), Vec::new()))
                                         .1
-                                        .push((event.key, event.time, value));
+                                        .push((key.clone(), event.time, value));
                                 }
                             }
                         }
@@ -213,7 +219,7 @@ pub fn sessions<'s>(
                                 &mut closing,
                                 &key,
                                 interval(gap_ms, max_duration_ms, t),
-                                Accumulator::of(value),
+                                Accumulator::of(value, t),
                                 max_duration_ms,
                                 w.grace_ms,
                                 |close| cap.delayed(&close),

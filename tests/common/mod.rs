@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod web;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
