@@ -70,7 +70,7 @@ pub enum FieldType {
 }
 
 impl FieldType {
-    fn parse(s: &str) -> Option<FieldType> {
+    pub(crate) fn parse(s: &str) -> Option<FieldType> {
         Some(match s {
             "string" => FieldType::String,
             "decimal" | "number" => FieldType::Decimal,
@@ -313,6 +313,8 @@ pub struct PipelineSpec {
     pub dedupe: Option<DedupeSpec>,
     /// Output topics.
     pub output: OutputSpec,
+    /// Enrichment from a reference topic, when configured (`[enrich]`, [`crate::enrich`]).
+    pub enrich: Option<crate::enrich::EnrichSpec>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -542,6 +544,17 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         d.finish(problems);
     }
 
+    let input_key = input_spec
+        .as_ref()
+        .map(|i| fields[i.key_field].name.as_str());
+    let mut enrich = crate::enrich::read(&top, &fields, input_key, problems);
+    // Windows may aggregate enriched fields too.
+    let all_fields: Vec<FieldSpec> = fields
+        .iter()
+        .chain(enrich.iter().flat_map(|e| e.fields.iter()))
+        .cloned()
+        .collect();
+
     let mut numeric_fields: Vec<usize> = Vec::new();
     let mut windows = Vec::new();
     let window_tables = top.tables("windows", problems);
@@ -549,8 +562,13 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         problems.field("windows", "at least one [[windows]] table is required");
     }
     for w in window_tables {
-        if let Some(spec) = read_window(&w, &fields, &mut numeric_fields, output.as_ref(), problems)
-        {
+        if let Some(spec) = read_window(
+            &w,
+            &all_fields,
+            &mut numeric_fields,
+            output.as_ref(),
+            problems,
+        ) {
             if windows.iter().any(|x: &WindowSpec| x.name == spec.name) {
                 problems.field(
                     &w.path_of("name"),
@@ -562,6 +580,13 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         w.finish(problems);
     }
     top.finish(problems);
+    crate::enrich::split_numeric(
+        enrich.as_mut(),
+        fields.len(),
+        &mut numeric_fields,
+        &mut windows,
+        problems,
+    );
 
     Some(PipelineSpec {
         name: name?,
@@ -575,6 +600,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         windows,
         dedupe,
         output: output?,
+        enrich,
     })
 }
 

@@ -184,6 +184,16 @@ impl Watermarks {
         }
     }
 
+    /// Marks `p` idle at once (a reference partition that has caught up with its end),
+    /// unless it is replaying the committed run's decisions up to a known end.
+    pub fn idle_now(&mut self, p: i32) {
+        if let Some(part) = self.partitions.get_mut(&p)
+            && part.replay.as_ref().is_none_or(|r| r.until.is_none())
+        {
+            part.idle = true;
+        }
+    }
+
     /// The current watermark of `p` (the held time for an unknown partition).
     pub fn watermark(&self, p: i32) -> u64 {
         self.partitions.get(&p).map_or(self.held, |x| x.watermark)
