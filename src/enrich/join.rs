@@ -1,12 +1,14 @@
 //! The join operator: events and reference versions in, enriched events (or dead letters)
 //! out.
 //!
-//! Inputs, both exchanged by key: `(event, wm)` at its timestamp `T >= event.time`, and
-//! [`Version`]s at their `τ`. An event at `T` is held until the reference frontier has
-//! passed `T` — every version with `τ <= T`, hence every one with `τ <= event.time`, has
-//! arrived — and then leaves at `T`, joined as of `event.time` ([`VersionedTable::lookup`]).
-//! Without a version it becomes a `missing_reference` dead letter at `T`, or passes on
-//! unenriched (`on_missing = "null"`).
+//! Inputs, both exchanged by key: `(event, wm)` at its timestamp `T` (the source's held
+//! time, which may be below the event's time `t`), and [`Version`]s at their `τ`. An event
+//! is held until the reference frontier has passed `T' = max(T, t)` — every version with
+//! `τ <= t` has arrived — and then leaves at `T'`, joined as of `t`
+//! ([`VersionedTable::lookup`]). `T'` is below the close time of every window the event
+//! can still reach (`t < end + grace`), so nothing downstream changes. Without a version it
+//! becomes a `missing_reference` dead letter at `T'`, or passes on unenriched
+//! (`on_missing = "null"`).
 //!
 //! State: the versions per key that an event still to come can select. Events still to
 //! come are at or after the least of the events' frontier and the held events' times, and
@@ -61,11 +63,16 @@ pub fn temporal_join<'s>(
                     let Some(time) = cap.least().copied() else {
                         return;
                     };
-                    let slot = held
-                        .entry(time)
-                        .or_insert_with(|| (cap.delayed(&time, port), Vec::new()));
                     for batch in batches {
-                        slot.1.append(batch);
+                        for (event, wm) in batch.drain(..) {
+                            // Sources send events at their held time, which can be below
+                            // the event's own: it waits for the versions up to that.
+                            let at = time.max(event.time);
+                            held.entry(at)
+                                .or_insert_with(|| (cap.delayed(&at, port), Vec::new()))
+                                .1
+                                .push((event, wm));
+                        }
                     }
                 });
                 while let Some(entry) = held.first_entry() {

@@ -246,14 +246,14 @@ pub fn reference_source<'s>(
                 match watermarks.hold(Instant::now()) {
                     Hold::Release => None,
                     Hold::At(t) => Some(t),
-                    // Every partition is idle: follow the events, or stop holding anything
-                    // once they are complete.
+                    // Every partition is idle: follow the events. Once they are complete,
+                    // stay put and read on to the end (its dead letters are outputs too).
                     Hold::Idle(t) => match events_at {
                         Some(to) => {
                             watermarks.follow(to);
                             Some(to.max(t))
                         }
-                        None => None,
+                        None => Some(t),
                     },
                 }
             };
