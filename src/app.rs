@@ -461,7 +461,7 @@ fn run_worker(
         &str,
     ),
     ends: Option<&BTreeMap<i32, i64>>,
-    reference: Option<&(String, i32, Option<BTreeMap<i32, i64>>)>,
+    reference: Option<&ReferenceTopic>,
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -590,6 +590,10 @@ fn run_worker(
     }
     Ok(Outcome::Completed)
 }
+
+/// The reference topic of `[enrich]`: its name, partition count, and the end offsets a
+/// bounded run reads it to.
+type ReferenceTopic = (String, i32, Option<BTreeMap<i32, i64>>);
 
 fn high_watermarks(
     probe: &rdkafka::consumer::BaseConsumer,

@@ -494,7 +494,6 @@ fn crashes_and_recovery_commit_every_enriched_output_exactly_once() {
                     positions: recovery.positions.clone(),
                     idle_moves: recovery.idle_moves(),
                     passed: recovery.passed(),
-                    ..Default::default()
                 });
             }
             latest.retain(|_, p| p.frontier > 0);

@@ -31,6 +31,9 @@ use crate::spec::PipelineSpec;
 use crate::time::rfc3339_ms;
 use crate::window::operator::key_hash;
 
+/// Events waiting at one time for the reference frontier, with the capability to send them.
+type Held = (Capability<u64>, Vec<(Event, u64)>);
+
 /// Joins `events` with `versions` as of each event's time.
 pub fn temporal_join<'s>(
     events: StreamVec<'s, u64, (Event, u64)>,
@@ -51,7 +54,7 @@ pub fn temporal_join<'s>(
         "TemporalJoin",
         move |_cap, _info| {
             let mut table = VersionedTable::default();
-            let mut held: BTreeMap<u64, (Capability<u64>, Vec<(Event, u64)>)> = BTreeMap::new();
+            let mut held: BTreeMap<u64, Held> = BTreeMap::new();
             move |(events_in, events_frontier), (versions_in, versions_frontier), output| {
                 versions_in.for_each(|_cap, data| {
                     for v in data.drain(..) {

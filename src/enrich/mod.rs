@@ -136,40 +136,36 @@ pub fn read(
         }
     };
     let mut enriched = Vec::new();
-    match t.table("fields", true, problems) {
-        Some(f) => {
-            for key in f.keys() {
-                let Some(ty) = f.string(&key, problems) else {
-                    continue;
-                };
-                if fields.iter().any(|x| x.name == key) {
-                    problems.field(
-                        &f.path_of(&key),
-                        "is also a field of the input ([validation.fields] or [input]); \
-                         give the reference field another name",
-                    );
-                } else if effective.as_deref() == Some(key.as_str()) {
-                    problems.field(
-                        &f.path_of(&key),
-                        "is the effective_time_field, which is not added to events",
-                    );
-                }
-                match FieldType::parse(&ty) {
-                    Some(ty) => enriched.push(FieldSpec { name: key, ty }),
-                    None => problems.field(
-                        &f.path_of(&key),
-                        format!(
-                            "unknown type `{ty}`; use string, decimal, integer, bool or timestamp"
-                        ),
-                    ),
-                }
+    if let Some(f) = t.table("fields", true, problems) {
+        for key in f.keys() {
+            let Some(ty) = f.string(&key, problems) else {
+                continue;
+            };
+            if fields.iter().any(|x| x.name == key) {
+                problems.field(
+                    &f.path_of(&key),
+                    "is also a field of the input ([validation.fields] or [input]); \
+                     give the reference field another name",
+                );
+            } else if effective.as_deref() == Some(key.as_str()) {
+                problems.field(
+                    &f.path_of(&key),
+                    "is the effective_time_field, which is not added to events",
+                );
             }
-            if f.keys().is_empty() {
-                problems.field(f.path(), "must declare at least one reference field");
+            match FieldType::parse(&ty) {
+                Some(ty) => enriched.push(FieldSpec { name: key, ty }),
+                None => problems.field(
+                    &f.path_of(&key),
+                    format!("unknown type `{ty}`; use string, decimal, integer, bool or timestamp"),
+                ),
             }
-            f.finish(problems);
         }
-        None => {}
+        if f.keys().is_empty() {
+            problems.field(f.path(), "must declare at least one reference field");
+        }
+        f.finish(problems);
+        f.finish(problems);
     }
     t.finish(problems);
     Some(EnrichSpec {

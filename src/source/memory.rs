@@ -9,6 +9,9 @@ use crate::progress::Position;
 /// A partition's payloads in offset order (`None` for a null value).
 pub type Payloads = Vec<Option<Vec<u8>>>;
 
+/// A keyed record's key and timestamp.
+type Meta = (Option<Vec<u8>>, Option<i64>);
+
 /// A record with a key and a Kafka timestamp (for reference partitions).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyedRecord {
@@ -29,7 +32,7 @@ pub struct MemoryReader {
     /// Partition → (offset, how long it stalls there, when the stall began).
     stalls: BTreeMap<i32, (usize, Duration, Option<Instant>)>,
     /// Keys and timestamps of keyed partitions, by offset.
-    meta: BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<i64>)>>,
+    meta: BTreeMap<i32, Vec<Meta>>,
 }
 
 impl MemoryReader {
