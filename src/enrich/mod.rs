@@ -165,7 +165,6 @@ pub fn read(
             problems.field(f.path(), "must declare at least one reference field");
         }
         f.finish(problems);
-        f.finish(problems);
     }
     t.finish(problems);
     Some(EnrichSpec {
