@@ -126,6 +126,8 @@ fn trade_record(i: usize, t: &Trade) -> KeyValue {
 }
 
 type Windows = BTreeMap<(String, String, u64), Vec<String>>;
+/// count, sum, min, max.
+type Acc = (u64, Decimal, Decimal, Decimal);
 
 /// The expected windows and missing-reference dead letters (symbol, time).
 fn expected(trades: &[Vec<Trade>], rates: &[Vec<Rate>]) -> (Windows, Vec<(String, u64)>) {
@@ -138,8 +140,7 @@ fn expected(trades: &[Vec<Trade>], rates: &[Vec<Rate>]) -> (Windows, Vec<(String
             versions.push((r.symbol, tau, r.e, p, o, r.rate));
         }
     }
-    let mut accs: BTreeMap<(String, String, u64), (u64, Decimal, Decimal, Decimal)> =
-        BTreeMap::new();
+    let mut accs: BTreeMap<(String, String, u64), Acc> = BTreeMap::new();
     let mut missing = Vec::new();
     for t in trades.iter().flatten() {
         let best = versions
