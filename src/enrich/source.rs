@@ -171,6 +171,9 @@ pub fn reference_source<'s>(
                             });
                         }
                         Err(reason) if !in_base => {
+                            // Data all the same: an idle partition wakes, so the letter's
+                            // time stays below the positions valid after it.
+                            watermarks.touch(r.partition, Instant::now());
                             let wm = watermarks.watermark(r.partition).max(held);
                             metrics.dead_letters.inc();
                             let source = SourceRef::new(
