@@ -367,6 +367,22 @@ pub fn run(
         );
     }
     drop(probe);
+    // The reference topic ([enrich]): every partition is read from its beginning (see
+    // `crate::enrich`); a bounded run reads it to the end it has now.
+    let reference = match &spec.enrich {
+        None => None,
+        Some(e) => {
+            let probe = kafka::metadata_consumer(&config)?;
+            let n = kafka::partition_count(&probe, &e.topic, timeout)?.ok_or_else(|| {
+                KafkaSetupError::MissingTopic(e.topic.clone(), config.bootstrap_servers.clone())
+            })?;
+            let ends = match &options.until {
+                None => None,
+                Some(_) => Some(high_watermarks(&probe, &e.topic, n, timeout)?),
+            };
+            Some((e.topic.clone(), n, ends))
+        }
+    };
     let template = Progress {
         dataflow: spec.name.clone(),
         fingerprint,
@@ -400,6 +416,7 @@ pub fn run(
                 &abort,
                 (&recovery, &starts, &template, &progress_topic),
                 ends.as_ref(),
+                reference.as_ref(),
             );
             if result.is_err() {
                 abort.store(true, Ordering::SeqCst);
@@ -444,6 +461,7 @@ fn run_worker(
         &str,
     ),
     ends: Option<&BTreeMap<i32, i64>>,
+    reference: Option<&ReferenceTopic>,
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -469,10 +487,19 @@ fn run_worker(
     // first regular commit then resumes from the same offsets, even when they were
     // resolved from `latest` or a time, which mean other offsets later. The frontier and
     // the recorded idle moves are carried over unchanged.
+    let mut positions = starts.clone();
+    // Reference positions carry over too: a restart before the first regular commit must
+    // find the same base.
+    positions.extend(
+        recovery
+            .positions
+            .iter()
+            .filter(|(p, _)| crate::enrich::reference_partition(**p).is_some()),
+    );
     let initial = Progress {
         worker: index,
         frontier: recovery.frontiers.get(index).copied().unwrap_or(0),
-        positions: starts.clone(),
+        positions,
         idle_moves: recovery.idle_moves(),
         passed: recovery.passed(),
         ..template.clone()
@@ -486,6 +513,18 @@ fn run_worker(
     // starts) only once the transactional producer is ready, which can take a while.
     let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)
         .map_err(|e| e.to_string())?;
+    let reference = match reference {
+        None => None,
+        Some((topic, n, ref_ends)) => {
+            let from_start: Vec<Position> = (0..*n)
+                .filter(|r| *r as usize % peers == index)
+                .map(|r| Position::start(r, 0))
+                .collect();
+            let reader = KafkaReader::new(config, topic, &from_start, ref_ends.as_ref(), index)
+                .map_err(|e| e.to_string())?;
+            Some(pipeline::reference_input(Box::new(reader), recovery))
+        }
+    };
     let sink_config = SinkConfig {
         template: Progress {
             worker: index,
@@ -509,6 +548,7 @@ fn run_worker(
         sink_config,
         options.control.clone(),
         options.metrics.clone(),
+        reference,
     );
     loop {
         if options.shutdown.load(Ordering::Relaxed) {
@@ -550,6 +590,10 @@ fn run_worker(
     }
     Ok(Outcome::Completed)
 }
+
+/// The reference topic of `[enrich]`: its name, partition count, and the end offsets a
+/// bounded run reads it to.
+type ReferenceTopic = (String, i32, Option<BTreeMap<i32, i64>>);
 
 fn high_watermarks(
     probe: &rdkafka::consumer::BaseConsumer,

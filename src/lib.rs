@@ -16,6 +16,7 @@
 //! - [`time`] event time and per-partition watermarks.
 //! - [`source`] the source operator and its readers (Kafka, in-memory).
 //! - [`window`] assignment functions, accumulators, the window operator.
+//! - [`enrich`] the temporal join with a compacted reference topic.
 //! - [`output`] result, dead-letter and late-record encodings and routing.
 //! - [`sink`] the sink operator and its writers (Kafka, in-memory).
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
@@ -30,6 +31,7 @@ pub mod codec;
 pub mod config;
 pub mod dedupe;
 pub mod demo;
+pub mod enrich;
 pub mod expr;
 pub mod fault;
 pub mod fields;

@@ -27,6 +27,12 @@ pub struct Metrics {
     /// Runs restarted in-process after a retriable failure (broker unreachable, commit
     /// failed).
     pub restarts: IntCounter,
+    /// Records read from reference partitions.
+    pub reference_records_in: IntCounter,
+    /// Events joined with a reference version.
+    pub enriched: IntCounter,
+    /// Events without a reference version at their time.
+    pub missing_reference: IntCounter,
     /// Latest watermark held by a source worker (epoch ms).
     pub watermark_ms: IntGauge,
 }
@@ -67,6 +73,18 @@ impl Metrics {
             "restarts_total",
             "Runs restarted from the committed progress after a retriable failure.",
         );
+        let reference_records_in = counter(
+            "reference_records_in_total",
+            "Records read from reference partitions ([enrich]).",
+        );
+        let enriched = counter(
+            "enriched_total",
+            "Events joined with the reference version valid at their time.",
+        );
+        let missing_reference = counter(
+            "missing_reference_total",
+            "Events without reference data at their time (dead letters, or passed on).",
+        );
         let watermark_ms = IntGauge::with_opts(Opts::new(
             "watermark_milliseconds",
             "Event-time watermark held by a source worker, epoch milliseconds.",
@@ -86,6 +104,9 @@ impl Metrics {
             records_out,
             delivery_errors,
             restarts,
+            reference_records_in,
+            enriched,
+            missing_reference,
             watermark_ms,
         }
     }

@@ -6,6 +6,9 @@
 //!    └──Err(dead letter | late record)──┴──► sink (exchanged by topic partition) ──► writer
 //! ```
 //!
+//! With `[enrich]`, events pass through the temporal join ([`crate::enrich`]) before the
+//! windows, and the reference source's dead letters and notes join the sink's inputs.
+//!
 //! The reader and writer are parameters, so the same dataflow runs on Kafka in production
 //! and on in-memory partitions in the reference tests.
 
@@ -20,12 +23,13 @@ use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::core::OkErr;
 use timely::worker::Worker;
 
+use crate::enrich::source::ReferenceInput;
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, Topics};
 use crate::progress::{self, Progress, Recovery, Replay};
 use crate::sink::memory::{Committed, MemoryWriter};
 use crate::sink::{self, SinkConfig, SinkState, Writer};
-use crate::source::memory::{MemoryReader, Payloads};
+use crate::source::memory::{KeyedRecord, MemoryReader, Payloads};
 use crate::source::{self, Reader, SourceControl};
 use crate::spec::PipelineSpec;
 use crate::spec::WindowKind;
@@ -33,6 +37,7 @@ use crate::window::operator::windows;
 use crate::window::session::sessions;
 
 /// Builds the dataflow on `worker`; returns the state the worker loop watches.
+/// `reference` reads the worker's reference partitions when the spec has `[enrich]`.
 #[allow(clippy::too_many_arguments)]
 pub fn build<R: Reader + 'static, W: Writer + 'static>(
     worker: &mut Worker,
@@ -44,6 +49,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
     sink_config: SinkConfig,
     control: SourceControl,
     metrics: Metrics,
+    reference: Option<ReferenceInput>,
 ) -> Rc<RefCell<SinkState>> {
     let state = Rc::new(RefCell::new(SinkState::default()));
     let sink_state = Rc::clone(&state);
@@ -61,6 +67,36 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
         );
         let (events, side) = items.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
         let mut outputs = vec![side];
+        let (events, positions) = match &spec.enrich {
+            None => (events, positions),
+            Some(_) => {
+                let input = reference.unwrap_or_else(|| ReferenceInput {
+                    reader: Box::new(MemoryReader::new(Vec::new(), 1)),
+                    resume: BTreeMap::new(),
+                    replay: BTreeMap::new(),
+                });
+                let (versions, letters, notes) = crate::enrich::source::reference_source(
+                    scope,
+                    Rc::clone(&spec),
+                    Rc::clone(&topics),
+                    input,
+                    positions.clone(),
+                    metrics.clone(),
+                );
+                let joined = crate::enrich::join::temporal_join(
+                    events,
+                    versions,
+                    Rc::clone(&spec),
+                    Rc::clone(&topics),
+                    metrics.clone(),
+                );
+                let (events, missing) =
+                    joined.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
+                outputs.push(letters);
+                outputs.push(missing);
+                (events, scope.concatenate([positions, notes]))
+            }
+        };
         for index in 0..spec.windows.len() {
             let operator = match spec.windows[index].kind {
                 WindowKind::Session { .. } => sessions,
@@ -97,6 +133,35 @@ pub struct MemoryRun {
     pub stalls: Vec<(i32, usize, Duration)>,
 }
 
+/// The reference partitions of an in-memory run ([`run_in_memory_enriched`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceRun {
+    /// Reference partitions: (partition, records in offset order).
+    pub partitions: Vec<(i32, Vec<KeyedRecord>)>,
+    /// Reference partitions that go quiet: (partition, at offset, for how long).
+    pub stalls: Vec<(i32, usize, Duration)>,
+}
+
+/// A worker's reference input: `reader` (its reference partitions, from their beginning),
+/// resuming as `recovery` says (reference partitions are recorded under
+/// [`crate::enrich::note_partition`]).
+pub fn reference_input(reader: Box<dyn Reader>, recovery: &Recovery) -> ReferenceInput {
+    use crate::enrich::reference_partition;
+    ReferenceInput {
+        reader,
+        resume: recovery
+            .positions
+            .iter()
+            .filter_map(|(p, pos)| reference_partition(*p).map(|r| (r, *pos)))
+            .collect(),
+        replay: recovery
+            .replay
+            .iter()
+            .filter_map(|(p, r)| reference_partition(*p).map(|q| (q, r.clone())))
+            .collect(),
+    }
+}
+
 /// Runs `spec` over in-memory partitions until it completes or a commit fails; returns
 /// what was committed (also on failure, into `committed`). For tests and benchmarks.
 pub fn run_in_memory_with(
@@ -106,7 +171,22 @@ pub fn run_in_memory_with(
     run: &MemoryRun,
     committed: Arc<Mutex<Committed>>,
 ) -> Result<(), String> {
+    let reference = ReferenceRun::default();
+    run_in_memory_enriched(spec, topics, partitions, &reference, run, committed)
+}
+
+/// [`run_in_memory_with`], with reference partitions for `[enrich]`: reference partition
+/// `r` is read by worker `r % workers`.
+pub fn run_in_memory_enriched(
+    spec: &PipelineSpec,
+    topics: &Topics,
+    partitions: Vec<(i32, Payloads)>,
+    reference: &ReferenceRun,
+    run: &MemoryRun,
+    committed: Arc<Mutex<Committed>>,
+) -> Result<(), String> {
     let (spec, topics, run) = (spec.clone(), topics.clone(), run.clone());
+    let reference = reference.clone();
     let fingerprint = progress::fingerprint(&spec);
     // One worker failing stops them all, as a crashed process would.
     let abort = Arc::new(AtomicBool::new(false));
@@ -122,6 +202,19 @@ pub fn run_in_memory_with(
         for (partition, offset, pause) in &run.stalls {
             reader = reader.stall(*partition, *offset, *pause);
         }
+        let mut reference_reader = MemoryReader::keyed(
+            reference
+                .partitions
+                .iter()
+                .filter(|(p, _)| *p as usize % peers == index)
+                .cloned()
+                .collect(),
+            run.chunk,
+        );
+        for (partition, offset, pause) in &reference.stalls {
+            reference_reader = reference_reader.stall(*partition, *offset, *pause);
+        }
+        let reference_input = reference_input(Box::new(reference_reader), &run.recovery);
         let sink_config = SinkConfig {
             template: Progress {
                 dataflow: spec.name.clone(),
@@ -143,6 +236,7 @@ pub fn run_in_memory_with(
             sink_config,
             SourceControl::default(),
             Metrics::new(),
+            Some(reference_input),
         );
         loop {
             let failure = state.borrow_mut().error.take();

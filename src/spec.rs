@@ -76,7 +76,7 @@ pub enum FieldType {
 }
 
 impl FieldType {
-    fn parse(s: &str) -> Option<FieldType> {
+    pub(crate) fn parse(s: &str) -> Option<FieldType> {
         Some(match s {
             "string" => FieldType::String,
             "decimal" | "number" => FieldType::Decimal,
@@ -359,6 +359,8 @@ pub struct PipelineSpec {
     pub dedupe: Option<DedupeSpec>,
     /// Output topics.
     pub output: OutputSpec,
+    /// Enrichment from a reference topic, when configured (`[enrich]`, [`crate::enrich`]).
+    pub enrich: Option<crate::enrich::EnrichSpec>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -594,6 +596,17 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         d.finish(problems);
     }
 
+    let input_key = input_spec
+        .as_ref()
+        .map(|i| fields[i.key_field].name.as_str());
+    let mut enrich = crate::enrich::read(&top, &fields, input_key, problems);
+    // Windows may aggregate enriched fields too.
+    let all_fields: Vec<FieldSpec> = fields
+        .iter()
+        .chain(enrich.iter().flat_map(|e| e.fields.iter()))
+        .cloned()
+        .collect();
+
     let mut numeric_fields: Vec<usize> = Vec::new();
     let mut windows = Vec::new();
     let window_tables = top.tables("windows", problems);
@@ -604,7 +617,8 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
     for w in window_tables {
         if let Some(spec) = read_window(
             &w,
-            &fields,
+            &all_fields,
+            fields.len(),
             key_field,
             &mut numeric_fields,
             output.as_ref(),
@@ -621,6 +635,13 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         w.finish(problems);
     }
     top.finish(problems);
+    crate::enrich::split_numeric(
+        enrich.as_mut(),
+        fields.len(),
+        &mut numeric_fields,
+        &mut windows,
+        problems,
+    );
 
     Some(PipelineSpec {
         name: name?,
@@ -634,6 +655,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         windows,
         dedupe,
         output: output?,
+        enrich,
     })
 }
 
@@ -756,14 +778,19 @@ fn read_rule(t: &Table, fields: &[FieldSpec], problems: &mut Problems) -> Option
     }
 }
 
+/// Reads one `[[windows]]` table. `all_fields` are the input's declared fields followed by
+/// the enriched ones; a window can aggregate any of them (`field`), while its expressions
+/// and `group_by` see the first `input_fields`, which the decoder reads.
 fn read_window(
     t: &Table,
-    fields: &[FieldSpec],
+    all_fields: &[FieldSpec],
+    input_fields: usize,
     key_field: Option<usize>,
     numeric_fields: &mut Vec<usize>,
     output: Option<&OutputSpec>,
     problems: &mut Problems,
 ) -> Option<WindowSpec> {
+    let fields = &all_fields[..input_fields.min(all_fields.len())];
     let name = t.string("name", problems);
     let kind = match t.string("kind", problems).as_deref() {
         Some("tumbling") => {
@@ -930,8 +957,11 @@ fn read_window(
             None
         }
         (None, false) => None,
-        (Some(f), _) => match fields.iter().position(|x| &x.name == f) {
-            Some(i) if fields[i].ty == FieldType::Decimal || fields[i].ty == FieldType::Integer => {
+        (Some(f), _) => match all_fields.iter().position(|x| &x.name == f) {
+            Some(i)
+                if all_fields[i].ty == FieldType::Decimal
+                    || all_fields[i].ty == FieldType::Integer =>
+            {
                 Some(match numeric_fields.iter().position(|&n| n == i) {
                     Some(j) => j,
                     None => {
@@ -945,7 +975,7 @@ fn read_window(
                     &t.path_of("field"),
                     format!(
                         "`{f}` is declared as {}; aggregates need decimal or integer",
-                        fields[i].ty.name()
+                        all_fields[i].ty.name()
                     ),
                 );
                 None

@@ -275,6 +275,9 @@ impl Reader for KafkaReader {
                             state.ended = true;
                             f(Polled::End(p));
                         }
+                        if !state.ended {
+                            f(Polled::CaughtUp(p));
+                        }
                     }
                 }
                 Some(Err(e)) => {

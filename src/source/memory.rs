@@ -9,6 +9,20 @@ use crate::progress::Position;
 /// A partition's payloads in offset order (`None` for a null value).
 pub type Payloads = Vec<Option<Vec<u8>>>;
 
+/// A keyed record's key and timestamp.
+type Meta = (Option<Vec<u8>>, Option<i64>);
+
+/// A record with a key and a Kafka timestamp (for reference partitions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyedRecord {
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Payload, `None` for a null value (a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Kafka timestamp.
+    pub timestamp_ms: Option<i64>,
+}
+
 /// Reads fixed partition contents in offset order, `chunk` records per partition at a
 /// time, then reports each partition's end.
 pub struct MemoryReader {
@@ -17,6 +31,8 @@ pub struct MemoryReader {
     restored: BTreeMap<i32, Position>,
     /// Partition → (offset, how long it stalls there, when the stall began).
     stalls: BTreeMap<i32, (usize, Duration, Option<Instant>)>,
+    /// Keys and timestamps of keyed partitions, by offset.
+    meta: BTreeMap<i32, Vec<Meta>>,
 }
 
 impl MemoryReader {
@@ -27,6 +43,26 @@ impl MemoryReader {
             chunk: chunk.max(1),
             restored: BTreeMap::new(),
             stalls: BTreeMap::new(),
+            meta: BTreeMap::new(),
+        }
+    }
+
+    /// Reads keyed partitions; a stalled partition reports [`Polled::CaughtUp`] while it
+    /// stalls, as a Kafka partition read to its current end does.
+    pub fn keyed(partitions: Vec<(i32, Vec<KeyedRecord>)>, chunk: usize) -> Self {
+        let mut meta = BTreeMap::new();
+        let mut payloads = Vec::new();
+        for (p, records) in partitions {
+            let (m, v): (Vec<_>, Vec<_>) = records
+                .into_iter()
+                .map(|r| ((r.key, r.timestamp_ms), r.payload))
+                .unzip();
+            meta.insert(p, m);
+            payloads.push((p, v));
+        }
+        MemoryReader {
+            meta,
+            ..MemoryReader::new(payloads, chunk)
         }
     }
 
@@ -75,16 +111,20 @@ impl Reader for MemoryReader {
                 } else if *next == *at && *at < records.len() {
                     let began = *began.get_or_insert_with(Instant::now);
                     if began.elapsed() < *pause {
+                        if self.meta.contains_key(p) {
+                            f(Polled::CaughtUp(*p));
+                        }
                         continue;
                     }
                 }
             }
             while *next < stop && read < max {
+                let meta = self.meta.get(p).and_then(|m| m.get(*next));
                 f(Polled::Record(RecordRef {
                     partition: *p,
                     offset: *next as i64,
-                    timestamp_ms: None,
-                    key: None,
+                    timestamp_ms: meta.and_then(|m| m.1),
+                    key: meta.and_then(|m| m.0.as_deref()),
                     payload: records[*next].as_deref(),
                 }));
                 *next += 1;

@@ -69,6 +69,8 @@ pub enum Polled<'a> {
     Record(RecordRef<'a>),
     /// The partition reached the end it was bounded to; nothing more will come from it.
     End(i32),
+    /// The partition has been read up to its current end; more may come later.
+    CaughtUp(i32),
 }
 
 /// A source of raw records for one worker's partitions.
@@ -80,6 +82,20 @@ pub trait Reader {
     fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize;
     /// From now on, stop each partition at the end offset it has at this moment.
     fn bound_to_current_end(&mut self);
+}
+
+impl Reader for Box<dyn Reader> {
+    fn partitions(&self) -> Vec<Position> {
+        (**self).partitions()
+    }
+
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Polled<'_>)) -> usize {
+        (**self).poll(max, f)
+    }
+
+    fn bound_to_current_end(&mut self) {
+        (**self).bound_to_current_end()
+    }
 }
 
 /// Signals shared with a running source.
@@ -201,6 +217,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             let rejected_at = now_ms();
             let read = reader.poll(BATCH, &mut |polled| match polled {
                 Polled::End(p) => watermarks.finish(p),
+                // Input partitions turn idle by `idle_timeout` only.
+                Polled::CaughtUp(_) => {}
                 Polled::Record(r) => {
                     metrics.records_in.inc();
                     next.insert(r.partition, r.offset + 1);

@@ -184,6 +184,16 @@ impl Watermarks {
         }
     }
 
+    /// Marks `p` idle at once (a reference partition that has caught up with its end),
+    /// unless it is replaying the committed run's decisions up to a known end.
+    pub fn idle_now(&mut self, p: i32) {
+        if let Some(part) = self.partitions.get_mut(&p)
+            && part.replay.as_ref().is_none_or(|r| r.until.is_none())
+        {
+            part.idle = true;
+        }
+    }
+
     /// The current watermark of `p` (the held time for an unknown partition).
     pub fn watermark(&self, p: i32) -> u64 {
         self.partitions.get(&p).map_or(self.held, |x| x.watermark)
@@ -382,6 +392,38 @@ mod tests {
             w.hold(t0 + IDLE * 3),
             Hold::At(9_000),
             "after it, idleness is decided anew (moves past the end are not replayed)"
+        );
+    }
+
+    #[test]
+    fn a_partition_caught_up_with_its_end_is_idle_at_once_unless_replaying() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new([0, 1], 0, 0, Duration::MAX, t0);
+        w.observe(0, 100, t0);
+        w.observe(1, 900, t0);
+        assert_eq!(w.hold(t0), Hold::At(100));
+        w.idle_now(0);
+        assert_eq!(w.hold(t0), Hold::At(900), "no timeout needed");
+        w.idle_now(1);
+        assert_eq!(w.hold(t0), Hold::Idle(900));
+        w.follow(5_000);
+        assert_eq!(
+            w.observe(0, 200, t0),
+            5_000,
+            "its next record is raised to the time it was left behind at"
+        );
+        let replay = Replay {
+            moves: BTreeMap::new(),
+            until: Some((10, 6_000)),
+        };
+        w.observe(0, 8_000, t0);
+        w.replay(1, 3, &replay);
+        w.observe(1, 950, t0);
+        w.idle_now(1);
+        assert_eq!(
+            w.hold(t0),
+            Hold::At(5_000),
+            "a partition replaying up to a known end decides nothing new"
         );
     }
 
