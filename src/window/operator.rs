@@ -24,10 +24,17 @@
 //! the totals, plus the pending changes of times the frontier has not passed (bounded by
 //! the out-of-orderness).
 //!
-//! Why a timely operator rather than a differential arrangement: for final-mode tumbling
-//! windows, per-key accumulators keyed by close time are the whole state, and the operator
-//! frees it the moment a window closes; measured on this workload it was the fastest of
-//! the designs tried (see NOTES and `benches/`).
+//! Why a timely operator rather than a differential arrangement, measured by
+//! `cargo bench --bench window_engines` (2M out-of-order records, 100 keys, tumbling 1-minute
+//! windows, identical results from every engine): this operator is 8–14× faster than
+//! differential's `reduce` over records delayed to their window's close with closed windows
+//! retracted, and about 100× faster than `reduce` at event time. `reduce` keeps every record
+//! of an open window in its arrangement (min and max cannot be taken back out of an
+//! accumulator): about 20 MiB above the harness floor with the delay, all 530 MiB of records
+//! without it, against under 1 MiB here — one accumulator per (key, open window), freed at
+//! close. The lead holds for hopping windows (about 16×: differential stores a record once per
+//! window it is in) and can only grow for sessions, whose close moves with later records. In
+//! updates mode the pending changes are accumulators per (time, key, window), not records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
