@@ -96,7 +96,9 @@ impl RunError {
                 source,
                 KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..)
             ),
-            RunError::Kafka(KafkaSetupError::MissingTopic(..)) => false,
+            RunError::Kafka(
+                KafkaSetupError::MissingTopic(..) | KafkaSetupError::MissingOtherTopic { .. },
+            ) => false,
             RunError::Start(_) | RunError::Recovery(_) => false,
             RunError::Worker { message, .. } => {
                 !(message.contains("fenced") || message.contains("cannot create the Kafka"))
@@ -201,28 +203,38 @@ pub fn run(
             .collect();
         kafka::ensure_topics(&config, &requests)?;
     }
-    let mut missing = Vec::new();
+    // Topics just created can take a moment to appear in the metadata.
+    let appear = if config.create_topics {
+        Duration::from_secs(30)
+    } else {
+        Duration::ZERO
+    };
     let mut counts = std::collections::BTreeMap::new();
     for name in &provisional.names {
-        match kafka::partition_count(&probe, name, timeout)? {
+        match kafka::partition_count_after_create(&probe, name, timeout, appear)? {
             Some(n) => {
                 counts.insert(name.clone(), n);
             }
-            None => missing.push(name.clone()),
+            None => {
+                return Err(KafkaSetupError::MissingOtherTopic {
+                    role: "output",
+                    topic: name.clone(),
+                    bootstrap: config.bootstrap_servers.clone(),
+                    hint: "create it, or set kafka.create_topics = true",
+                }
+                .into());
+            }
         }
-    }
-    if let Some(name) = missing.first() {
-        return Err(
-            KafkaSetupError::MissingTopic(name.clone(), config.bootstrap_servers.clone()).into(),
-        );
     }
     let progress_topic = progress::topic(&config.app_id);
     if kafka::partition_count(&probe, &progress_topic, timeout)?.is_none() {
         if !config.create_topics {
-            return Err(KafkaSetupError::MissingTopic(
-                progress_topic,
-                config.bootstrap_servers.clone(),
-            )
+            return Err(KafkaSetupError::MissingOtherTopic {
+                role: "progress",
+                topic: progress_topic,
+                bootstrap: config.bootstrap_servers.clone(),
+                hint: "create it compacted with one partition, or set kafka.create_topics = true",
+            }
             .into());
         }
         kafka::ensure_topics(
@@ -234,6 +246,16 @@ pub fn run(
                 config: vec![("cleanup.policy", "compact")],
             }],
         )?;
+        let wait = Duration::from_secs(30);
+        if kafka::partition_count_after_create(&probe, &progress_topic, timeout, wait)?.is_none() {
+            return Err(KafkaSetupError::MissingOtherTopic {
+                role: "progress",
+                topic: progress_topic,
+                bootstrap: config.bootstrap_servers.clone(),
+                hint: "it was created but did not appear in the broker's metadata within 30 s",
+            }
+            .into());
+        }
     }
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
@@ -374,7 +396,12 @@ pub fn run(
         Some(e) => {
             let probe = kafka::metadata_consumer(&config)?;
             let n = kafka::partition_count(&probe, &e.topic, timeout)?.ok_or_else(|| {
-                KafkaSetupError::MissingTopic(e.topic.clone(), config.bootstrap_servers.clone())
+                KafkaSetupError::MissingOtherTopic {
+                    role: "reference",
+                    topic: e.topic.clone(),
+                    bootstrap: config.bootstrap_servers.clone(),
+                    hint: "create it (compacted), or check [enrich].topic",
+                }
             })?;
             let ends = match &options.until {
                 None => None,

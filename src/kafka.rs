@@ -22,6 +22,18 @@ pub enum KafkaSetupError {
     /// The input topic is not there.
     #[error("input topic `{0}` does not exist on {1} (create it, or check [input].topic)")]
     MissingTopic(String, String),
+    /// A topic waterline writes or reads besides the input is not there.
+    #[error("{role} topic `{topic}` does not exist on {bootstrap} ({hint})")]
+    MissingOtherTopic {
+        /// What the topic is for: output, progress, reference.
+        role: &'static str,
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        bootstrap: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// A client call failed.
     #[error("{what}: {source}")]
     Client {
@@ -76,6 +88,27 @@ pub fn partition_count(
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
+}
+
+/// The number of partitions of `topic`, waiting up to `wait` for it to appear: a topic
+/// just created is not in every broker's metadata at once, and a busy broker can take
+/// seconds to list it.
+pub fn partition_count_after_create(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<Option<i32>, KafkaSetupError> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(n) = partition_count(consumer, topic, timeout)? {
+            return Ok(Some(n));
+        }
+        if start.elapsed() >= wait {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A topic to create if missing.

@@ -175,6 +175,33 @@ fn a_missing_input_topic_fails_at_start_up_with_its_name() {
 }
 
 #[test]
+fn a_missing_output_topic_is_named_as_an_output_topic() {
+    // Regression: a missing output topic was reported as an "input topic"; and topics
+    // just created are now waited for until the broker lists them.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = unique("in");
+    create_topic(&input, 1);
+    let out = unique("missing-out");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &unique("d"), &unique("l"));
+    let config = dir.path().join("no-create.toml");
+    std::fs::write(&config, "[kafka]\ncreate_topics = false\n").expect("write");
+    let run = waterline(&[
+        "run",
+        "--dataflow",
+        dataflow.to_str().expect("utf-8 path"),
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--stop-at-end",
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("output topic `{out}` does not exist")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
     // Data on partition 0 only; partitions 1-3 stay silent and must stop holding the
     // watermark back after idle_timeout (1 s here).
