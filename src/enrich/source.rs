@@ -21,7 +21,7 @@ use timely::progress::Antichain;
 use super::{Version, decode_reference, note_partition};
 use crate::metrics::Metrics;
 use crate::output::{OutRecord, SourceRef, Topics};
-use crate::progress::{Note, Position, Replay, WatermarkMove};
+use crate::progress::{Note, Position, Replay};
 use crate::source::{Polled, Reader, now_ms};
 use crate::spec::PipelineSpec;
 use crate::time::watermark::{Hold, Watermarks};
@@ -266,25 +266,17 @@ pub fn reference_source<'s>(
                     if let Some((versions_cap, letters_cap, notes_cap)) = caps.as_mut()
                         && t > *versions_cap.time()
                     {
-                        let mut notes = notes_out.activate();
-                        let mut session = notes.session(notes_cap);
-                        for (p, offset) in &next {
-                            if watermarks.is_finished(*p) {
-                                continue;
-                            }
-                            let idle = watermarks.watermark(*p) < t;
-                            if idle || moved_at.get(p) != Some(offset) {
-                                moved_at.insert(*p, *offset);
-                                let to = WatermarkMove {
-                                    partition: note_partition(*p),
-                                    offset: *offset,
-                                    watermark: t,
-                                };
-                                session.give(Note::Moved { to, idle });
-                            }
-                        }
-                        drop(session);
-                        drop(notes);
+                        let mut moves = crate::source::watermark_moves(
+                            &next,
+                            &mut moved_at,
+                            &watermarks,
+                            t,
+                            note_partition,
+                        );
+                        notes_out
+                            .activate()
+                            .session(notes_cap)
+                            .give_container(&mut moves);
                         versions_cap.downgrade(&t);
                         letters_cap.downgrade(&t);
                         notes_cap.downgrade(&t);

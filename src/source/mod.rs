@@ -47,6 +47,37 @@ use crate::progress::{Note, Position, Replay, WatermarkMove};
 use crate::spec::PipelineSpec;
 use crate::time::watermark::{Hold, Watermarks};
 
+/// The watermark moves a source tells the sinks as its watermark rises to `t`: one for
+/// each unfinished partition whose next offset changed since its last move, or that was
+/// left behind (idle, its own watermark below `t`). `next` is each partition's next offset;
+/// `moved_at` the offset of its last move, updated here; `id` names a partition in the
+/// progress records.
+pub(crate) fn watermark_moves(
+    next: &BTreeMap<i32, i64>,
+    moved_at: &mut BTreeMap<i32, i64>,
+    watermarks: &Watermarks,
+    t: u64,
+    id: impl Fn(i32) -> i32,
+) -> Vec<Note> {
+    let mut moves = Vec::new();
+    for (p, offset) in next {
+        if watermarks.is_finished(*p) {
+            continue;
+        }
+        let idle = watermarks.watermark(*p) < t;
+        if idle || moved_at.get(p) != Some(offset) {
+            moved_at.insert(*p, *offset);
+            let to = WatermarkMove {
+                partition: id(*p),
+                offset: *offset,
+                watermark: t,
+            };
+            moves.push(Note::Moved { to, idle });
+        }
+    }
+    moves
+}
+
 /// One record as read from an input partition, borrowed from the reader.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordRef<'a> {
@@ -375,25 +406,11 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     {
                         // Tell the sinks where each partition stands as the watermark moves,
                         // at the time it moves from (see `crate::progress`).
-                        let mut notes = positions_out.activate();
-                        let mut session = notes.session(positions_cap);
-                        for (p, offset) in &next {
-                            if watermarks.is_finished(*p) {
-                                continue;
-                            }
-                            let idle = watermarks.watermark(*p) < t;
-                            if idle || moved_at.get(p) != Some(offset) {
-                                moved_at.insert(*p, *offset);
-                                let to = WatermarkMove {
-                                    partition: *p,
-                                    offset: *offset,
-                                    watermark: t,
-                                };
-                                session.give(Note::Moved { to, idle });
-                            }
-                        }
-                        drop(session);
-                        drop(notes);
+                        let mut moves = watermark_moves(&next, &mut moved_at, &watermarks, t, |p| p);
+                        positions_out
+                            .activate()
+                            .session(positions_cap)
+                            .give_container(&mut moves);
                         data_cap.downgrade(&t);
                         announce_cap.downgrade(&t);
                         positions_cap.downgrade(&t);
