@@ -34,6 +34,9 @@
 //! Uses `$KAFKA_BOOTSTRAP`, or starts a broker with `scripts/kafka.sh`. The runs' logs go
 //! to a temporary directory, named when a run fails and removed when the bench succeeds.
 
+mod common;
+
+use common::{bootstrap, env_number};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,36 +146,6 @@ fn main() {
         );
     }
     std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
-}
-
-/// `$KAFKA_BOOTSTRAP`, or the address of a broker started with `scripts/kafka.sh`.
-fn bootstrap() -> String {
-    if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
-        return b;
-    }
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
-        .arg("start")
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("kafka.sh prints the bootstrap address last")
-        .trim()
-        .to_string()
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The release binary, pointed at `bootstrap`, its stderr (the log) going to `log`.

@@ -22,6 +22,9 @@
 //! Uses `$KAFKA_BOOTSTRAP`, or starts a broker with `scripts/kafka.sh`. The topics it
 //! creates are deleted at the end.
 
+mod common;
+
+use common::{bootstrap, env_number};
 use std::io::{Read, Seek, SeekFrom};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,35 +37,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const PARTITIONS: i32 = 4;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-fn bootstrap() -> String {
-    if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
-        return b;
-    }
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh"))
-        .arg("start")
-        .output()
-        .expect("scripts/kafka.sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("an address")
-        .trim()
-        .to_string()
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// One RSS sample.
 struct Sample {
     elapsed_s: f64,
@@ -73,8 +47,8 @@ struct Sample {
 }
 
 fn main() {
-    let seconds = env_or("WATERLINE_BENCH_MEMORY_SECS", 600).max(20);
-    let rate = env_or("WATERLINE_BENCH_RATE", 5_000).max(1);
+    let seconds = env_number("WATERLINE_BENCH_MEMORY_SECS", 600).max(20);
+    let rate = env_number("WATERLINE_BENCH_RATE", 5_000).max(1);
     let bootstrap = bootstrap();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
