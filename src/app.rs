@@ -107,6 +107,9 @@ impl RunError {
     }
 }
 
+/// With exactly-once, a commit due for this many commit intervals makes the job not ready.
+const READY_COMMIT_INTERVALS: u32 = 100;
+
 /// The first pause before running again after a retriable failure; it doubles on each
 /// failure in a row, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -429,6 +432,12 @@ pub fn run(
     let config = Arc::new(config);
     let topics = Arc::new(topics);
     let abort = Arc::new(AtomicBool::new(false));
+    // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
+    let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
+        .then(|| config.commit_interval * READY_COMMIT_INTERVALS);
+    options
+        .metrics
+        .run_started(options.workers, max_commit_delay);
     let guards = timely::execute(timely::Config::process(options.workers), {
         let options = options.clone();
         let abort = Arc::clone(&abort);
@@ -451,11 +460,16 @@ pub fn run(
             result
         }
     })
-    .map_err(RunError::Start)?;
+    .map_err(|e| {
+        options.metrics.run_ended();
+        RunError::Start(e)
+    })?;
 
+    let joined = guards.join();
+    options.metrics.run_ended();
     let mut outcome = Outcome::Completed;
     let mut first_error = None;
-    for (worker, joined) in guards.join().into_iter().enumerate() {
+    for (worker, joined) in joined.into_iter().enumerate() {
         match joined {
             Ok(Ok(Outcome::Stopped)) => outcome = Outcome::Stopped,
             Ok(Ok(Outcome::Completed)) => {}
@@ -536,10 +550,18 @@ fn run_worker(
         .commit(&initial)
         .map_err(|e| format!("cannot commit the starting positions: {e}"))?;
     options.started.fetch_add(1, Ordering::SeqCst);
+    options.metrics.worker_assigned(index);
     // The reader comes after the producer: its partitions are assigned (and fetching
     // starts) only once the transactional producer is ready, which can take a while.
-    let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)
-        .map_err(|e| e.to_string())?;
+    let reader = KafkaReader::new(
+        config,
+        &spec.input.topic,
+        &mine,
+        ends,
+        index,
+        Some(options.metrics.clone()),
+    )
+    .map_err(|e| e.to_string())?;
     let reference = match reference {
         None => None,
         Some((topic, n, ref_ends)) => {
@@ -547,8 +569,9 @@ fn run_worker(
                 .filter(|r| *r as usize % peers == index)
                 .map(|r| Position::start(r, 0))
                 .collect();
-            let reader = KafkaReader::new(config, topic, &from_start, ref_ends.as_ref(), index)
-                .map_err(|e| e.to_string())?;
+            let reader =
+                KafkaReader::new(config, topic, &from_start, ref_ends.as_ref(), index, None)
+                    .map_err(|e| e.to_string())?;
             Some(pipeline::reference_input(Box::new(reader), recovery))
         }
     };

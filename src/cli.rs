@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// Kafka bootstrap servers (overrides the config file and the environment).
     #[arg(long, value_name = "HOST:PORT,...")]
     pub bootstrap: Option<String>,
+    /// Serve /metrics, /health and /ready here ("off" disables; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub http_listen: String,
 }
 
 /// `waterline produce`.

@@ -36,6 +36,7 @@ pub mod expr;
 pub mod fault;
 pub mod fields;
 pub mod generate;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod output;

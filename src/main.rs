@@ -57,6 +57,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.bootstrap_servers = b;
             }
             init_logging(config.log_format, &config.log_level);
+            let metrics = Metrics::new(&spec.name);
+            let _http = match args.http_listen.as_str() {
+                "off" | "" => None,
+                listen => {
+                    let address = listen.parse().map_err(|e| {
+                        anyhow::anyhow!("--http-listen `{listen}` is not an address: {e}")
+                    })?;
+                    Some(waterline::http::serve(address, metrics.clone())?)
+                }
+            };
             let outcome = app::run_with_restarts(
                 spec,
                 config,
@@ -69,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     resolved_until: Default::default(),
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
-                    metrics: Metrics::new(),
+                    metrics,
                 },
             )?;
             match outcome {

@@ -15,12 +15,13 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
 use super::Writer;
 use crate::config::{Config, Guarantee};
 use crate::kafka::{KafkaSetupError, MAX_MESSAGE_BYTES, client_config};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProducerMetrics};
 use crate::output::{OutRecord, Topics};
 use crate::progress::Progress;
 
@@ -28,9 +29,16 @@ use crate::progress::Progress;
 pub struct DeliveryTracker {
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
+    producer: ProducerMetrics,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    /// The client's statistics (every `statistics.interval.ms`): queue depth and retries.
+    fn stats(&self, statistics: Statistics) {
+        let retries = statistics.brokers.values().map(|b| b.txretries).sum();
+        self.producer.report(statistics.msg_cnt, retries);
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
@@ -68,6 +76,8 @@ pub struct KafkaWriter {
     in_transaction: bool,
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
+    /// Records written, per topic index.
+    written: Vec<prometheus::IntCounter>,
 }
 
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -91,6 +101,8 @@ impl KafkaWriter {
             .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
             // Cheap on CPU, good on JSON.
             .set("compression.type", "lz4")
+            // Queue depth and retries for the metrics, once a second.
+            .set("statistics.interval.ms", "1000")
             .set(
                 "client.id",
                 format!("waterline-{}-sink-{worker}", config.app_id),
@@ -111,6 +123,11 @@ impl KafkaWriter {
             .create_with_context(DeliveryTracker {
                 first_error: Arc::clone(&first_error),
                 metrics: metrics.clone(),
+                producer: {
+                    let p = metrics.producer(worker);
+                    p.reset();
+                    p
+                },
             })
             .map_err(|source| KafkaSetupError::Client {
                 what: "cannot create the Kafka producer".into(),
@@ -127,6 +144,7 @@ impl KafkaWriter {
                     source,
                 })?;
         }
+        let written = topics.names.iter().map(|t| metrics.written(t)).collect();
         Ok(KafkaWriter {
             producer,
             topics,
@@ -135,6 +153,7 @@ impl KafkaWriter {
             transactional,
             in_transaction: false,
             first_error,
+            written,
             metrics,
         })
     }
@@ -216,7 +235,9 @@ impl Writer for KafkaWriter {
         loop {
             match self.producer.send(r) {
                 Ok(()) => {
-                    self.metrics.records_out.inc();
+                    if let Some(c) = self.written.get(record.topic as usize) {
+                        c.inc();
+                    }
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {

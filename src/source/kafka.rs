@@ -12,11 +12,13 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Polled, Reader, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
+use crate::metrics::Metrics;
 use crate::progress::Position;
 
 #[derive(Debug, Default)]
@@ -33,9 +35,26 @@ struct PartitionState {
 
 /// Routes librdkafka's errors to tracing, except the end-of-partition notices that
 /// `enable.partition.eof` asks for: those are expected, and handled in [`KafkaReader::poll`].
-pub struct SourceContext;
+pub struct SourceContext {
+    metrics: Option<Metrics>,
+}
 
 impl ClientContext for SourceContext {
+    /// The client's statistics (every `statistics.interval.ms`): each assigned partition's
+    /// last stable offset, the end consumer lag is measured to.
+    fn stats(&self, statistics: Statistics) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        for (topic, t) in &statistics.topics {
+            for (p, partition) in &t.partitions {
+                if *p >= 0 && partition.ls_offset >= 0 {
+                    metrics.partition_end(topic, *p, partition.ls_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(
             error,
@@ -71,6 +90,7 @@ impl KafkaReader {
         starts: &[Position],
         ends: Option<&BTreeMap<i32, i64>>,
         worker: usize,
+        metrics: Option<Metrics>,
     ) -> Result<KafkaReader, KafkaSetupError> {
         let mut c = client_config(config);
         c.set("group.id", &config.app_id)
@@ -83,6 +103,8 @@ impl KafkaReader {
             .set("isolation.level", "read_committed")
             // A partition whose stored position has been deleted restarts from the oldest data.
             .set("auto.offset.reset", "earliest")
+            // End offsets for the consumer-lag metric, once a second.
+            .set("statistics.interval.ms", "1000")
             .set(
                 "client.id",
                 format!("waterline-{}-source-{worker}", config.app_id),
@@ -90,12 +112,12 @@ impl KafkaReader {
         for (k, v) in &config.kafka_properties {
             c.set(k, v);
         }
-        let consumer: BaseConsumer<SourceContext> =
-            c.create_with_context(SourceContext)
-                .map_err(|source| KafkaSetupError::Client {
-                    what: "cannot create the Kafka consumer".into(),
-                    source,
-                })?;
+        let consumer: BaseConsumer<SourceContext> = c
+            .create_with_context(SourceContext { metrics })
+            .map_err(|source| KafkaSetupError::Client {
+                what: "cannot create the Kafka consumer".into(),
+                source,
+            })?;
         let mut tpl = TopicPartitionList::new();
         for start in starts {
             // Explicit offsets, resolved by the caller before any consumer is assigned: the
