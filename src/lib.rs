@@ -20,6 +20,7 @@
 //! - [`output`] result, dead-letter and late-record encodings and routing.
 //! - [`sink`] the sink operator and its writers (Kafka, in-memory).
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
+//! - [`cluster`] one job across several processes and hosts (timely's cluster mode).
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
 //! - [`metrics`] every Prometheus metric.
@@ -27,6 +28,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod dedupe;

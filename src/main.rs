@@ -9,7 +9,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use waterline::app::{self, Outcome, RunOptions};
-use waterline::cli::{Cli, Command};
+use waterline::cli::{Cli, ClusterFlags, Command};
+use waterline::cluster::{self, Layout};
 use waterline::config::{Config, LogFormat};
 use waterline::metrics::Metrics;
 use waterline::replay::StopAt;
@@ -67,11 +68,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(waterline::http::serve(address, metrics.clone())?)
                 }
             };
+            let layout = cluster_layout(&args.cluster)?;
             let outcome = app::run_with_restarts(
                 spec,
                 config,
                 RunOptions {
                     workers: args.workers as usize,
+                    cluster: layout,
                     from: args.from,
                     until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
                     reset: args.reset,
@@ -114,5 +117,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             waterline::demo::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cluster(args) => launch_cluster(&args),
     }
+}
+
+/// The job of several processes the flags describe (`None`: this process alone).
+fn cluster_layout(flags: &ClusterFlags) -> anyhow::Result<Option<Layout>> {
+    Ok(Layout::from_flags(
+        usize::from(flags.processes),
+        flags.process.map(usize::from),
+        flags.hosts.as_deref(),
+        flags.listen.as_deref(),
+        flags.cluster_timeout,
+    )?)
+}
+
+/// `waterline cluster`: every process of the job on this host.
+fn launch_cluster(args: &waterline::cli::ClusterArgs) -> anyhow::Result<ExitCode> {
+    let flags = &args.run.cluster;
+    if flags.process.is_some() || flags.hosts.is_some() || flags.listen.is_some() {
+        anyhow::bail!(
+            "waterline cluster sets --process, --hosts and --listen for each process itself; \
+             leave them out (or start each process with `waterline run`)"
+        );
+    }
+    // The run's own checks, once, before starting processes that would all fail alike.
+    PipelineSpec::from_file(&args.run.dataflow)?;
+    Config::load(args.run.config.as_deref())?;
+    let argv: Vec<String> = std::env::args().collect();
+    let launch = cluster::launch::Launch {
+        processes: usize::from(flags.processes),
+        base_port: args.base_port,
+        http_listen: args.run.http_listen.clone(),
+        run_args: cluster::launch::run_args(&argv)?,
+    };
+    let code = cluster::launch::run(&launch, &stop_signal()?)?;
+    Ok(ExitCode::from(code))
 }

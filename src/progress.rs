@@ -115,7 +115,7 @@ pub enum Note {
 }
 
 /// How a resumed partition replays the idleness decisions of the run that committed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replay {
     /// Before reading each offset, raise the watermark to at least this.
     pub moves: BTreeMap<i64, u64>,
@@ -168,7 +168,7 @@ pub fn fingerprint(spec: &PipelineSpec) -> String {
 }
 
 /// What a job resumes from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {
     /// Each worker's committed frontier (0 for a worker that never committed).
     pub frontiers: Vec<u64>,
