@@ -57,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(b) = args.bootstrap {
                 config.bootstrap_servers = b;
             }
+            let layout = cluster_layout(&args.cluster)?;
             init_logging(config.log_format, &config.log_level);
             let metrics = Metrics::new(&spec.name);
             let _http = match args.http_listen.as_str() {
@@ -68,7 +69,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(waterline::http::serve(address, metrics.clone())?)
                 }
             };
-            let layout = cluster_layout(&args.cluster)?;
             let outcome = app::run_with_restarts(
                 spec,
                 config,

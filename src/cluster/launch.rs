@@ -8,7 +8,7 @@
 //! them and exits with the first failure's code, so a script or a supervisor sees the job
 //! fail as one.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -140,6 +140,10 @@ fn run_processes(
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if !std::io::stderr().is_terminal() {
+            // The lines pass through a pipe: no colour codes in a log file.
+            command.env("NO_COLOR", "1");
+        }
         let mut child = match command.spawn() {
             Ok(c) => c,
             Err(source) => {
