@@ -503,7 +503,7 @@ fn plan(
     }
     // Every partition's start and bound, resolved once to exact offsets.
     let topic = &spec.input.topic;
-    let at_times = |t: i64| offsets_for_time(&probe, topic, input_partitions, t, timeout);
+    let at_times = |t: i64| offsets_for_time(probe, topic, input_partitions, t, timeout);
     let from_time = match &options.from {
         Some(StartAt::Time(t)) => Some(at_times(*t)?),
         _ => None,
@@ -554,9 +554,9 @@ fn plan(
     }
     let ends: Option<BTreeMap<i32, i64>> = match &options.until {
         None => None,
-        Some(StopAt::End) => Some(high_watermarks(&probe, topic, input_partitions, timeout)?),
+        Some(StopAt::End) => Some(high_watermarks(probe, topic, input_partitions, timeout)?),
         Some(StopAt::Time(t)) => {
-            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            let mut ends = high_watermarks(probe, topic, input_partitions, timeout)?;
             ends.extend(at_times(*t)?);
             Some(ends)
         }
@@ -566,7 +566,7 @@ fn plan(
                     "--until names partition {p}, but `{topic}` has {input_partitions} partitions"
                 )));
             }
-            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            let mut ends = high_watermarks(probe, topic, input_partitions, timeout)?;
             ends.extend(given.iter().map(|(p, o)| (*p, *o)));
             Some(ends)
         }

@@ -183,7 +183,21 @@ fn spawn_process(
     log: &Path,
     extra: &[&str],
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_waterline"))
+    command(process, dataflow, hosts, app, log, extra)
+        .spawn()
+        .expect("waterline starts")
+}
+
+fn command(
+    process: usize,
+    dataflow: &Path,
+    hosts: &Path,
+    app: &str,
+    log: &Path,
+    extra: &[&str],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waterline"));
+    command
         .args(["run", "--dataflow", dataflow.to_str().expect("utf-8")])
         .args([
             "-w",
@@ -206,9 +220,8 @@ fn spawn_process(
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         // A file, not a pipe: an unread pipe would block the run once full.
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("waterline starts")
+        .stderr(std::fs::File::create(log).expect("log file"));
+    command
 }
 
 fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -228,8 +241,8 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process
 /// the rest while it runs. One process is killed with SIGKILL mid-run (process 1, then on
 /// the next run process 0, which decides for the job): the other must stop by itself,
 /// promptly, with an error naming the lost process and no panic. Each time the whole job
-/// is restarted; a last bounded run finishes the input, and the committed output must
-/// equal the independent recomputation exactly.
+/// is restarted; a last bounded run (as 1 process × 4 workers: the same total) finishes
+/// the input, and the committed output must equal the independent recomputation exactly.
 #[test]
 fn killing_one_process_stops_the_others_and_a_restart_is_exact() {
     const PARTITIONS: usize = 8;
@@ -325,25 +338,37 @@ fn killing_one_process_stops_the_others_and_a_restart_is_exact() {
         detections.push(took);
     }
     appender.join().expect("the appender finished");
-    let mut last: Vec<Child> = (0..2)
-        .map(|p| spawn_process(p, &dataflow, &hosts, &app, &logs[p], &["--stop-at-end"]))
-        .collect();
-    for (p, c) in last.iter_mut().enumerate() {
-        let status = wait_with_deadline(c, Duration::from_secs(120)).expect("the bounded run ends");
-        assert!(
-            status.success(),
-            "process {p} of the final run completes:\n{}",
-            log_of(p)
-        );
-    }
+    // The last restart uses another layout with the same total (1 process x 4 workers):
+    // workers keep their global indices, so it resumes every worker's commits.
+    let last = waterline_as(
+        &app,
+        &[
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "4",
+            "--stop-at-end",
+            "--http-listen",
+            "off",
+        ],
+    );
+    assert!(
+        last.status.success(),
+        "the final bounded run (1 x 4) completes"
+    );
+    assert!(
+        String::from_utf8_lossy(&last.stderr).contains("resuming from committed progress"),
+        "it resumed the job's progress"
+    );
     let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
     let got = committed(&out, &dlq, &late);
     assert_matches(&got, &expected, "after killing one process of two, twice");
     let total: usize = inputs.iter().map(Vec::len).sum();
     report(&format!(
         "kill one process: SIGKILL on process 1, then on process 0; the survivor stopped after \
-         {:?} and {:?} naming the lost process; after restarting the whole job, the committed \
-         output of {total} records is an exact match with the recomputation ({} windows, {} \
+         {:?} and {:?} naming the lost process; after restarting the whole job (last as 1 x 4), \
+         the committed output of {total} records is an exact match with the recomputation ({} windows, {} \
          dead letters, {} late records, nothing twice, nothing missing)",
         detections[0],
         detections[1],
@@ -351,4 +376,77 @@ fn killing_one_process_stops_the_others_and_a_restart_is_exact() {
         expected.dead.len(),
         expected.late.len()
     ));
+}
+
+/// A failure that running again can fix (a commit whose transaction the broker aborted,
+/// injected on process 0 only) restarts every process of the job in-process: process 1
+/// stops because process 0 failed, both meet again and finish, and the output is exact.
+#[test]
+fn a_retriable_failure_on_one_process_restarts_the_whole_job_in_process() {
+    const PARTITIONS: usize = 4;
+    let input = unique("retry-in");
+    create_topic(&input, PARTITIONS as i32);
+    let (records, inputs) = split(trades(4444, PARTITIONS, 6_000));
+    produce(&input, &records);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, dlq, late) = output_topics("retry");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let config = dir.path().join("fast-commits.toml");
+    std::fs::write(&config, "[processing]\ncommit_interval = \"20ms\"\n").expect("write");
+    let base = free_ports(6, 2);
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{base}\n127.0.0.1:{}\n", base + 1),
+    )
+    .expect("write");
+    let app = unique("retry-app");
+    let logs = [dir.path().join("p0.log"), dir.path().join("p1.log")];
+    let extra = [
+        "--until",
+        "end",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    let mut children: Vec<Child> = (0..2)
+        .map(|p| {
+            let mut c = command(p, &dataflow, &hosts, &app, &logs[p], &extra);
+            if p == 0 {
+                c.env("WATERLINE_FAULT", "commit-fails:6");
+            }
+            c.spawn().expect("waterline starts")
+        })
+        .collect();
+    let log_of = |p: usize| std::fs::read_to_string(&logs[p]).unwrap_or_default();
+    for (p, c) in children.iter_mut().enumerate() {
+        let status = wait_with_deadline(c, Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "process {p} completes despite the failed commit ({status:?}):\n{}",
+            log_of(p)
+        );
+    }
+    let restarts = |p: usize| {
+        log_of(p)
+            .matches("restarting from the committed progress")
+            .count()
+    };
+    assert_eq!(
+        (restarts(0), restarts(1)),
+        (1, 1),
+        "one restart each:\n{}\n{}",
+        log_of(0),
+        log_of(1)
+    );
+    assert!(
+        log_of(1).contains(&format!("process 0 at 127.0.0.1:{base} failed")),
+        "process 1 restarted because process 0 failed:\n{}",
+        log_of(1)
+    );
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
+    assert_matches(
+        &committed(&out, &dlq, &late),
+        &expected,
+        "after an in-process restart of both processes",
+    );
 }

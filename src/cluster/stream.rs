@@ -208,7 +208,9 @@ mod tests {
         (a, b)
     }
 
-    fn recorder() -> (LossReport, Arc<Mutex<Vec<(usize, String)>>>) {
+    type Seen = Arc<Mutex<Vec<(usize, String)>>>;
+
+    fn recorder() -> (LossReport, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let report: LossReport = Arc::new(move |peer, why| {
