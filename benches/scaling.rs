@@ -4,8 +4,10 @@
 //! process, and with 2 processes of 1 worker each (`waterline cluster`, timely's cluster
 //! mode over TCP on 127.0.0.1). Each figure is the best of `WATERLINE_BENCH_REPEATS` runs
 //! (wall time from start to exit, start-up included), given as a ratio to 1 worker
-//! measured in the same bench, since these machines are noisy; and per core, dividing by
-//! the cores the run could use (`min(workers, cores)`).
+//! measured in the same bench, since these machines are noisy. Per core: the CPU time the
+//! run's processes used (user + system, from this process's `cutime`/`cstime`, which count
+//! every waited-for descendant), as records per CPU-second, also as a ratio to 1 worker.
+//! The broker runs on the same machine and is not counted.
 //!
 //! ```text
 //! cargo bench --bench scaling                    # about 2 minutes
@@ -60,24 +62,31 @@ fn main() {
     let mut baseline = None;
     let mut run_number = 0;
     for (label, processes, workers) in LAYOUTS {
-        let mut best = f64::INFINITY;
+        // The fastest run, and its CPU time.
+        let mut best = (f64::INFINITY, 0.0);
         for _ in 0..repeats {
             run_number += 1;
             let log = dir.join(format!("run-{run_number}.log"));
             let app = format!("{topic}-app-{run_number}");
+            let cpu_before = children_cpu_secs();
             let secs = timed_run(
                 &bootstrap, &dataflow, &config, &app, &log, processes, workers,
             );
-            best = best.min(secs);
+            let cpu = children_cpu_secs() - cpu_before;
+            if secs < best.0 {
+                best = (secs, cpu);
+            }
         }
-        let rate = records as f64 / best;
-        let base = *baseline.get_or_insert(rate);
-        let used = (processes * workers).min(cores);
+        let (secs, cpu) = best;
+        let rate = records as f64 / secs;
+        let per_cpu = records as f64 / cpu.max(0.01);
+        let (base, base_cpu) = *baseline.get_or_insert((rate, per_cpu));
         println!(
-            "{label:<24} {best:>6.2} s {rate:>10.0} records/s = {:.2}x 1 worker; per core used \
-             ({used}): {:.2}x",
+            "{label:<24} {secs:>6.2} s {rate:>9.0} records/s = {:.2}x 1 worker | CPU {cpu:>5.1} s \
+             = {:.2} cores busy, {per_cpu:>7.0} records per CPU-second = {:.2}x 1 worker",
             rate / base,
-            rate / base / used as f64
+            cpu / secs,
+            per_cpu / base_cpu
         );
     }
     std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
@@ -119,6 +128,17 @@ fn timed_run(
         log.display()
     );
     secs
+}
+
+/// User + system CPU seconds of this process's waited-for descendants so far.
+fn children_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux: /proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces):
+    // state is field 3; cutime and cstime are fields 16 and 17.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields[i - 3].parse::<f64>().expect("a tick count");
+    (ticks(16) + ticks(17)) / rustix::param::clock_ticks_per_second() as f64
 }
 
 /// A port `p` with `p .. p + n` free on 127.0.0.1, below the ephemeral range.
