@@ -196,7 +196,11 @@ pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Ou
         hosts: layout.hosts.clone(),
         bounded: options.until.is_some(),
     };
-    let mesh = Mesh::join(&layout, hello, Arc::clone(&options.shutdown))?;
+    let mesh = match Mesh::join(&layout, hello, Arc::clone(&options.shutdown)) {
+        Ok(mesh) => mesh,
+        Err(ClusterError::Stopped) => return Ok(Outcome::Stopped),
+        Err(e) => return Err(e.into()),
+    };
     // A stop requested on any process stops every process.
     let run_options = RunOptions {
         shutdown: mesh.stop_flag(),

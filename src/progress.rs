@@ -201,7 +201,8 @@ impl Recovery {
             if p.workers != workers {
                 return Err(format!(
                     "the job's progress was committed by {} workers and this run has {workers}; \
-                     run with -w {} (each worker owns its output partitions' commits; a new \
+                     run with -w {} (with several processes: workers per process × \
+                     --processes; each worker owns its output partitions' commits; a new \
                      worker count needs a new application id)",
                     p.workers, p.workers
                 ));

@@ -450,3 +450,59 @@ fn a_retriable_failure_on_one_process_restarts_the_whole_job_in_process() {
         "after an in-process restart of both processes",
     );
 }
+
+/// SIGTERM on one process of a running job is a clean stop of the whole job: both
+/// processes flush what they committed and exit 0, and nothing is written twice.
+#[test]
+fn sigterm_on_one_process_stops_every_process_cleanly() {
+    const PARTITIONS: usize = 4;
+    let input = unique("stop-in");
+    create_topic(&input, PARTITIONS as i32);
+    let (records, _) = split(trades(99, PARTITIONS, 4_000));
+    produce(&input, &records);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, dlq, late) = output_topics("stop");
+    for t in [&out, &dlq, &late] {
+        create_topic(t, 8);
+    }
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let base = free_ports(7, 2);
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{base}\n127.0.0.1:{}\n", base + 1),
+    )
+    .expect("write");
+    let app = unique("stop-app");
+    let logs = [dir.path().join("p0.log"), dir.path().join("p1.log")];
+    let log_of = |p: usize| std::fs::read_to_string(&logs[p]).unwrap_or_default();
+    let mut children: Vec<Child> = (0..2)
+        .map(|p| spawn_process(p, &dataflow, &hosts, &app, &logs[p], &[]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&out, &dlq, &late).windows.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the job commits output:\n{}\n{}",
+            log_of(0),
+            log_of(1)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &children[1].id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    for (p, c) in children.iter_mut().enumerate() {
+        let status = wait_with_deadline(c, Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "process {p} stops cleanly (exit 0) after SIGTERM on process 1 ({status:?}):\n{}",
+            log_of(p)
+        );
+    }
+    // Nothing twice (`committed` panics on a duplicate).
+    let got = committed(&out, &dlq, &late);
+    assert!(!got.windows.is_empty());
+}
