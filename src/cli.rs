@@ -66,7 +66,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT,...")]
     pub bootstrap: Option<String>,
     /// Serve /metrics, /health and /ready here ("off" disables; port 0 picks a free port).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "WATERLINE__HTTP__LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
     pub http_listen: String,
 }
 

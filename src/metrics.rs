@@ -559,9 +559,12 @@ impl Metrics {
         self.records_written.with_label_values(&[topic])
     }
 
-    /// The producer-side handles of worker `worker`.
+    /// The producer-side handles of worker `worker`. Its commit counters start at 0 here,
+    /// so that `increase()` sees the first failure.
     pub fn producer(&self, worker: usize) -> ProducerMetrics {
         let w = worker.to_string();
+        let _ = self.commits.with_label_values(&[&w]);
+        let _ = self.commit_failures.with_label_values(&[&w]);
         ProducerMetrics {
             queue: self.producer_queue.with_label_values(&[&w]),
             retries: self.producer_retries.with_label_values(&[&w]),

@@ -20,7 +20,7 @@ use common::{recompute_deduped, report};
 use serde_json::Value;
 
 /// A child process killed when dropped, so a failing assertion leaves nothing running.
-struct Running(Child, &'static str);
+struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -220,7 +220,6 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus starts"),
-        "prometheus",
     );
     let limit = Duration::from_secs(120);
     // Prometheus scrapes from before the job starts, so it sees the whole catch-up.
@@ -230,7 +229,7 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let waterline = Running(
-        Command::new(env!("CARGO_BIN_EXE_waterline"))
+        waterline_binary()
             .args([
                 "run",
                 "--dataflow",
@@ -246,7 +245,6 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("waterline starts"),
-        "waterline",
     );
 
     // Scraped, and up.
