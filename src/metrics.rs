@@ -112,6 +112,14 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Records read from input partitions so far (what a bounded run's progress bar
+    /// counts).
+    pub fn records_read(&self) -> u64 {
+        self.records_in.get()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
