@@ -49,7 +49,9 @@ pub fn produce(
         }],
     )?;
     let probe = kafka::metadata_consumer(config)?;
-    let partitions = kafka::partition_count(&probe, &args.topic, Duration::from_secs(30))?
+    // A topic just created can take a moment to appear in the metadata.
+    let timeout = Duration::from_secs(30);
+    let partitions = kafka::partition_count_after_create(&probe, &args.topic, timeout, timeout)?
         .ok_or_else(|| anyhow::anyhow!("topic `{}` does not exist", args.topic))?;
     let producer: ThreadedProducer<DefaultProducerContext> = kafka::client_config(config)
         .set("enable.idempotence", "true")
