@@ -7,7 +7,7 @@
 //! against the catalogue below.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use regex::Regex;
@@ -76,7 +76,11 @@ fn read(path: &str) -> String {
 /// Runs promtool from the repository root; fails with its output when it fails, and says
 /// how to install it when it is missing.
 fn promtool(args: &[&str]) -> String {
-    let out = match Command::new("promtool").args(args).current_dir(repo()).output() {
+    let out = match Command::new("promtool")
+        .args(args)
+        .current_dir(repo())
+        .output()
+    {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "promtool is not installed: install the Debian package `prometheus` \
@@ -174,7 +178,8 @@ fn every_alert_has_a_test_that_fires_it_and_one_that_must_not() {
     let tests = read("config/prometheus/alerts_test.yml");
     // Each `alertname:` line is followed by its `exp_alerts:` line: `[]` (must not fire)
     // or a list (fires with these labels and annotations).
-    let case = Regex::new(r"(?m)^\s*alertname: (\S+)\s*\n\s*exp_alerts:(.*)$").expect("valid regex");
+    let case =
+        Regex::new(r"(?m)^\s*alertname: (\S+)\s*\n\s*exp_alerts:(.*)$").expect("valid regex");
     let mut fires = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for c in case.captures_iter(&tests) {
@@ -307,7 +312,9 @@ fn every_dashboard_query_parses() {
         let expr = expr
             .replace("$__rate_interval", "1m")
             .replace("$dataflow", ".*");
-        rules.push_str(&format!("      # {title}\n      - record: dashboard:query_{i}\n"));
+        rules.push_str(&format!(
+            "      # {title}\n      - record: dashboard:query_{i}\n"
+        ));
         rules.push_str("        expr: |\n");
         for line in expr.lines() {
             rules.push_str(&format!("          {line}\n"));
@@ -379,7 +386,10 @@ fn the_catalogue_check_catches_an_unknown_name() {
 #[test]
 fn the_grafana_provisioning_loads_the_dashboard_and_the_datasource() {
     let dashboards = read("config/grafana/provisioning/dashboards/waterline.yml");
-    assert!(dashboards.contains("path: /etc/grafana/dashboards"), "{dashboards}");
+    assert!(
+        dashboards.contains("path: /etc/grafana/dashboards"),
+        "{dashboards}"
+    );
     let datasources = read("config/grafana/provisioning/datasources/prometheus.yml");
     assert!(
         datasources.contains("url: http://prometheus:9090"),
@@ -393,5 +403,4 @@ fn the_grafana_provisioning_loads_the_dashboard_and_the_datasource() {
     ] {
         assert!(compose.contains(mount), "docker-compose.yml lacks {mount}");
     }
-    assert!(Path::new(&repo().join("config/grafana/waterline.json")).is_file());
 }
