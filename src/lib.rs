@@ -22,7 +22,8 @@
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
-//! - [`metrics`] every Prometheus metric.
+//! - [`metrics`] every Prometheus metric; [`progress_bar`] progress of long runs on a
+//!   terminal or in the logs.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -43,6 +44,7 @@ pub mod output;
 pub mod pipeline;
 pub mod produce;
 pub mod progress;
+pub mod progress_bar;
 pub mod replay;
 pub mod sink;
 pub mod source;

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
@@ -12,6 +13,7 @@ use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
 use waterline::config::{Config, LogFormat};
 use waterline::metrics::Metrics;
+use waterline::progress_bar::{self, Display, Reporter, Task};
 use waterline::replay::StopAt;
 use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
@@ -20,7 +22,7 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(progress_bar::log_writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -67,21 +69,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(waterline::http::serve(address, metrics.clone())?)
                 }
             };
+            let until = args.until.or(args.stop_at_end.then_some(StopAt::End));
+            let planned = Arc::new(AtomicU64::new(0));
+            // A bounded run shows how much of what it planned it has read.
+            let progress = match until {
+                Some(_) => Some(Reporter::start(
+                    Task {
+                        verb: "read",
+                        deadline: None,
+                    },
+                    Display::choose(config.log_format),
+                    {
+                        let metrics = metrics.clone();
+                        move || metrics.records_read()
+                    },
+                    {
+                        let planned = Arc::clone(&planned);
+                        move || planned.load(Ordering::Relaxed)
+                    },
+                )?),
+                None => None,
+            };
             let outcome = app::run_with_restarts(
                 spec,
                 config,
                 RunOptions {
                     workers: args.workers as usize,
                     from: args.from,
-                    until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
+                    until,
                     reset: args.reset,
                     started: Default::default(),
                     resolved_until: Default::default(),
+                    planned,
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
                     metrics,
                 },
-            )?;
+            );
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            let outcome = outcome?;
             match outcome {
                 Outcome::Completed => {
                     tracing::info!("completed: every window closed and every output flushed")
@@ -97,7 +125,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             init_logging(config.log_format, &config.log_level);
             let stop = stop_signal()?;
-            let sent = waterline::produce::produce(&args, &config, &stop).with_context(|| {
+            let sent_so_far = Arc::new(AtomicU64::new(0));
+            let progress = Reporter::start(
+                Task {
+                    verb: "sent",
+                    deadline: args.duration.map(|d| Instant::now() + d),
+                },
+                Display::choose(config.log_format),
+                {
+                    let sent_so_far = Arc::clone(&sent_so_far);
+                    move || sent_so_far.load(Ordering::Relaxed)
+                },
+                {
+                    let count = args.count.unwrap_or(0);
+                    move || count
+                },
+            )?;
+            let sent = waterline::produce::produce(&args, &config, &stop, &sent_so_far);
+            progress.finish();
+            let sent = sent.with_context(|| {
                 format!(
                     "producing to `{}` on {}",
                     args.topic, config.bootstrap_servers
