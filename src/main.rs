@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
-use waterline::config::{Config, LogFormat};
+use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
 use waterline::replay::StopAt;
 use waterline::source::SourceControl;
@@ -52,10 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let spec = PipelineSpec::from_file(&args.dataflow)?;
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = args.bootstrap {
-                config.bootstrap_servers = b;
-            }
+            let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
             init_logging(config.log_format, &config.log_level);
             let outcome = app::run_with_restarts(
                 spec,
@@ -81,10 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce(args) => {
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = &args.bootstrap {
-                config.bootstrap_servers = b.clone();
-            }
+            let config = Config::from_sources(&args.settings.sources(None))?;
             init_logging(config.log_format, &config.log_level);
             let stop = stop_signal()?;
             let sent = waterline::produce::produce(&args, &config, &stop).with_context(|| {
@@ -97,6 +91,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "sent {} records to {} ({} invalid, {} late, {} duplicates)",
                 sent.total, args.topic, sent.invalid, sent.late, sent.duplicate
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => {
+            let layered = Layered::load(&args.settings.sources(Some(&args.run_settings)))?;
+            if args.print {
+                print!("{}", layered.to_toml());
+            } else {
+                eprintln!("the configuration is valid (--print shows it)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
