@@ -52,6 +52,16 @@
 //! name that would be a setting with two (`WATERLINE_HTTP__LISTEN`) is an error rather
 //! than ignored.
 //!
+//! # Kafka properties
+//!
+//! `[kafka.properties]` (and `WATERLINE__KAFKA__PROPERTIES__…`, `--set
+//! kafka.properties.…`) reach every librdkafka client as they are; unquoted dotted keys
+//! are property names too, and numbers and booleans are written as text. librdkafka checks
+//! each name and value at start-up, so a typo fails then rather than at the first client.
+//! A few properties waterline sets itself, because its guarantees rest on them, are
+//! refused with the setting to use instead: `bootstrap.servers`, `group.id`,
+//! `transactional.id`, `isolation.level`, `enable.auto.commit`, `enable.partition.eof`.
+//!
 //! # Secrets
 //!
 //! Properties whose values are secrets ([`is_secret`]: names ending in `.password`,
@@ -906,6 +916,10 @@ impl Loader {
     }
 
     fn unknown(&mut self, key: &str, origin: &Origin) {
+        if SECTIONS.contains(&key) || key == PROPERTIES || key == SECRET_FILES {
+            self.problem(origin, Some(key), "is a table of settings, not a setting");
+            return;
+        }
         let hint = suggest(key)
             .map(|k| match origin {
                 Origin::Env(_) => format!("; did you mean {}?", env_name(k)),
