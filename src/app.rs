@@ -111,9 +111,6 @@ impl RunError {
     }
 }
 
-/// With exactly-once, a commit due for this many commit intervals makes the job not ready.
-const READY_COMMIT_INTERVALS: u32 = 100;
-
 /// The first pause before running again after a retriable failure; it doubles on each
 /// failure in a row, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -445,7 +442,7 @@ pub fn run(
     let abort = Arc::new(AtomicBool::new(false));
     // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
     let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
-        .then(|| config.commit_interval * READY_COMMIT_INTERVALS);
+        .then(|| config.commit_interval * config.ready_commit_intervals);
     options
         .metrics
         .run_started(options.workers, max_commit_delay);

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
-use waterline::config::{Config, LogFormat};
+use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
 use waterline::progress_bar::{self, Display, Reporter, Task};
 use waterline::replay::StopAt;
@@ -54,20 +54,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let spec = PipelineSpec::from_file(&args.dataflow)?;
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = args.bootstrap {
-                config.bootstrap_servers = b;
-            }
+            let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
             init_logging(config.log_format, &config.log_level);
             let metrics = Metrics::new(&spec.name);
-            let _http = match args.http_listen.as_str() {
-                "off" | "" => None,
-                listen => {
-                    let address = listen.parse().map_err(|e| {
-                        anyhow::anyhow!("--http-listen `{listen}` is not an address: {e}")
-                    })?;
-                    Some(waterline::http::serve(address, metrics.clone())?)
-                }
+            let _http = match config.http_listen {
+                None => None,
+                Some(address) => Some(waterline::http::serve(address, metrics.clone())?),
             };
             let until = args.until.or(args.stop_at_end.then_some(StopAt::End));
             let planned = Arc::new(AtomicU64::new(0));
@@ -119,10 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce(args) => {
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = &args.bootstrap {
-                config.bootstrap_servers = b.clone();
-            }
+            let config = Config::from_sources(&args.settings.sources(None))?;
             init_logging(config.log_format, &config.log_level);
             let stop = stop_signal()?;
             let sent_so_far = Arc::new(AtomicU64::new(0));
@@ -153,6 +142,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "sent {} records to {} ({} invalid, {} late, {} duplicates)",
                 sent.total, args.topic, sent.invalid, sent.late, sent.duplicate
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => {
+            let layered = Layered::load(&args.settings.sources(Some(&args.run_settings)))?;
+            if args.print {
+                print!("{}", layered.to_toml());
+            } else {
+                eprintln!("the configuration is valid (--print shows it)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
