@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cluster::{self, ClusterError, Mesh};
@@ -80,6 +80,10 @@ pub struct RunOptions {
     /// The offsets `until` resolved to (set by the run), so that a restart stops at the
     /// same place.
     pub resolved_until: Arc<std::sync::Mutex<Option<BTreeMap<i32, i64>>>>,
+    /// Records a bounded run has to read (set by the run once it has resolved where each
+    /// partition starts and ends: the sum of end − start; 0 until then, for unbounded runs,
+    /// and again from a failure until the restart has planned anew). For progress display.
+    pub planned: Arc<AtomicU64>,
     /// Drain requests.
     pub control: SourceControl,
     /// Set to stop (flush and exit, leaving open windows).
@@ -121,9 +125,6 @@ impl RunError {
     }
 }
 
-/// With exactly-once, a commit due for this many commit intervals makes the job not ready.
-const READY_COMMIT_INTERVALS: u32 = 100;
-
 /// The first pause before running again after a retriable failure; it doubles on each
 /// failure in a row, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -158,6 +159,8 @@ pub fn run_with_restarts(
             backoff = FIRST_BACKOFF;
         }
         options.metrics.restarts.inc();
+        // The restart plans what is left from its committed positions.
+        options.planned.store(0, Ordering::Relaxed);
         tracing::warn!(error = %error, delay = ?backoff, "run failed; restarting from the committed progress");
         let until = std::time::Instant::now() + backoff;
         while std::time::Instant::now() < until {
@@ -366,6 +369,20 @@ fn run_once(
     if let (Some(ends), Ok(mut slot)) = (&ends, options.resolved_until.lock()) {
         *slot = Some(ends.clone());
     }
+    if let Some(ends) = &ends {
+        // What this process reads: the partitions of its workers.
+        let mine = |p: &i32| {
+            (first_worker..first_worker + options.workers).contains(&(*p as usize % total_workers))
+        };
+        let starts: BTreeMap<i32, Position> = starts
+            .iter()
+            .filter(|(p, _)| mine(p))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        options
+            .planned
+            .store(planned_records(&starts, ends), Ordering::Relaxed);
+    }
     drop(probe);
     let template = Progress {
         dataflow: spec.name.clone(),
@@ -390,7 +407,7 @@ fn run_once(
     let abort = mesh.map_or_else(|| Arc::new(AtomicBool::new(false)), Mesh::abort_flag);
     // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
     let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
-        .then(|| config.commit_interval * READY_COMMIT_INTERVALS);
+        .then(|| config.commit_interval * config.ready_commit_intervals);
     options
         .metrics
         .run_started(options.workers, max_commit_delay);
@@ -766,6 +783,18 @@ fn run_worker(
     Ok(Outcome::Completed)
 }
 
+/// Records between each partition's start and its end (none where the end is not past the
+/// start).
+fn planned_records(starts: &BTreeMap<i32, Position>, ends: &BTreeMap<i32, i64>) -> u64 {
+    starts
+        .iter()
+        .map(|(p, start)| {
+            let end = ends.get(p).copied().unwrap_or(start.offset);
+            u64::try_from(end - start.offset).unwrap_or(0)
+        })
+        .sum()
+}
+
 /// The reference topic of `[enrich]`: its name, partition count, and the end offsets a
 /// bounded run reads it to.
 type ReferenceTopic = (String, i32, Option<BTreeMap<i32, i64>>);
@@ -821,4 +850,21 @@ fn offsets_for_time(
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_sums_end_minus_start_over_partitions() {
+        let starts: BTreeMap<i32, Position> = [(0, 10), (1, 0), (2, 50), (3, 7)]
+            .into_iter()
+            .map(|(p, o)| (p, Position::start(p, o)))
+            .collect();
+        // Partition 2 starts past its end (a recovered position beyond an --until time);
+        // partition 3 has no end and so nothing to read.
+        let ends = BTreeMap::from([(0, 110), (1, 5), (2, 40)]);
+        assert_eq!(planned_records(&starts, &ends), 105);
+    }
 }

@@ -184,6 +184,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             reset: false,
             started: Default::default(),
             resolved_until: Default::default(),
+            planned: Default::default(),
             control,
             shutdown: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),

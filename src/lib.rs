@@ -23,7 +23,8 @@
 //! - [`cluster`] one job across several processes and hosts (timely's cluster mode).
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
-//! - [`metrics`] every Prometheus metric.
+//! - [`metrics`] every Prometheus metric; [`progress_bar`] progress of long runs on a
+//!   terminal or in the logs.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -45,6 +46,7 @@ pub mod output;
 pub mod pipeline;
 pub mod produce;
 pub mod progress;
+pub mod progress_bar;
 pub mod replay;
 pub mod sink;
 pub mod source;

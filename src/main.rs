@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,8 +12,9 @@ use tracing_subscriber::EnvFilter;
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, ClusterFlags, Command};
 use waterline::cluster::{self, Layout};
-use waterline::config::{Config, LogFormat};
+use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
+use waterline::progress_bar::{self, Display, Reporter, Task};
 use waterline::replay::StopAt;
 use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
@@ -21,7 +23,7 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(progress_bar::log_writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -53,21 +55,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let spec = PipelineSpec::from_file(&args.dataflow)?;
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = args.bootstrap {
-                config.bootstrap_servers = b;
-            }
+            let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
             let layout = cluster_layout(&args.cluster)?;
             init_logging(config.log_format, &config.log_level);
             let metrics = Metrics::new(&spec.name);
-            let _http = match args.http_listen.as_str() {
-                "off" | "" => None,
-                listen => {
-                    let address = listen.parse().map_err(|e| {
-                        anyhow::anyhow!("--http-listen `{listen}` is not an address: {e}")
-                    })?;
-                    Some(waterline::http::serve(address, metrics.clone())?)
-                }
+            let _http = match config.http_listen {
+                None => None,
+                Some(address) => Some(waterline::http::serve(address, metrics.clone())?),
+            };
+            let until = args.until.or(args.stop_at_end.then_some(StopAt::End));
+            let planned = Arc::new(AtomicU64::new(0));
+            // A bounded run shows how much of what it planned it has read.
+            let progress = match until {
+                Some(_) => Some(Reporter::start(
+                    Task {
+                        verb: "read",
+                        deadline: None,
+                    },
+                    Display::choose(config.log_format),
+                    {
+                        let metrics = metrics.clone();
+                        move || metrics.records_read()
+                    },
+                    {
+                        let planned = Arc::clone(&planned);
+                        move || planned.load(Ordering::Relaxed)
+                    },
+                )?),
+                None => None,
             };
             let outcome = app::run_with_restarts(
                 spec,
@@ -76,15 +91,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     workers: args.workers as usize,
                     cluster: layout,
                     from: args.from,
-                    until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
+                    until,
                     reset: args.reset,
                     started: Default::default(),
                     resolved_until: Default::default(),
+                    planned,
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
                     metrics,
                 },
-            )?;
+            );
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            let outcome = outcome?;
             match outcome {
                 Outcome::Completed => {
                     tracing::info!("completed: every window closed and every output flushed")
@@ -94,13 +114,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce(args) => {
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = &args.bootstrap {
-                config.bootstrap_servers = b.clone();
-            }
+            let config = Config::from_sources(&args.settings.sources(None))?;
             init_logging(config.log_format, &config.log_level);
             let stop = stop_signal()?;
-            let sent = waterline::produce::produce(&args, &config, &stop).with_context(|| {
+            let sent_so_far = Arc::new(AtomicU64::new(0));
+            let progress = Reporter::start(
+                Task {
+                    verb: "sent",
+                    deadline: args.duration.map(|d| Instant::now() + d),
+                },
+                Display::choose(config.log_format),
+                {
+                    let sent_so_far = Arc::clone(&sent_so_far);
+                    move || sent_so_far.load(Ordering::Relaxed)
+                },
+                {
+                    let count = args.count.unwrap_or(0);
+                    move || count
+                },
+            )?;
+            let sent = waterline::produce::produce(&args, &config, &stop, &sent_so_far);
+            progress.finish();
+            let sent = sent.with_context(|| {
                 format!(
                     "producing to `{}` on {}",
                     args.topic, config.bootstrap_servers
@@ -110,6 +145,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "sent {} records to {} ({} invalid, {} late, {} duplicates)",
                 sent.total, args.topic, sent.invalid, sent.late, sent.duplicate
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => {
+            let layered = Layered::load(&args.settings.sources(Some(&args.run_settings)))?;
+            if args.print {
+                print!("{}", layered.to_toml());
+            } else {
+                eprintln!("the configuration is valid (--print shows it)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
@@ -143,12 +187,12 @@ fn launch_cluster(args: &waterline::cli::ClusterArgs) -> anyhow::Result<ExitCode
     }
     // The run's own checks, once, before starting processes that would all fail alike.
     PipelineSpec::from_file(&args.run.dataflow)?;
-    Config::load(args.run.config.as_deref())?;
+    let config = Config::from_sources(&args.run.settings.sources(Some(&args.run.run_settings)))?;
     let argv: Vec<String> = std::env::args().collect();
     let launch = cluster::launch::Launch {
         processes: usize::from(flags.processes),
         base_port: args.base_port,
-        http_listen: args.run.http_listen.clone(),
+        http_listen: config.http_listen,
         run_args: cluster::launch::run_args(&argv)?,
     };
     let code = cluster::launch::run(&launch, &stop_signal()?)?;

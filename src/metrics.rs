@@ -120,6 +120,7 @@ pub struct Metrics {
     latency: HistogramVec,
     commit_duration: HistogramVec,
     live: Arc<Mutex<Live>>,
+    catalogue: Arc<Vec<String>>,
 }
 
 /// What the derived gauges and `/ready` are computed from.
@@ -222,6 +223,20 @@ impl WindowMetrics {
     }
 }
 
+/// Registers `m` in `r` and notes its name.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    names: &std::cell::RefCell<Vec<String>>,
+    m: M,
+) -> M {
+    names
+        .borrow_mut()
+        .extend(m.desc().iter().map(|d| d.fq_name.clone()));
+    r.register(Box::new(m.clone()))
+        .expect("each metric is registered once, under a valid name");
+    m
+}
+
 fn lock(live: &Mutex<Live>) -> MutexGuard<'_, Live> {
     // The state is plain numbers: a panic elsewhere cannot leave it inconsistent.
     live.lock().unwrap_or_else(|e| e.into_inner())
@@ -240,44 +255,46 @@ impl Metrics {
         let labels = HashMap::from([("dataflow".to_string(), dataflow.to_string())]);
         let registry =
             Registry::new_custom(None, Some(labels)).expect("`dataflow` is a valid label name");
-        fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
-            r.register(Box::new(m.clone()))
-                .expect("each metric is registered once, under a valid name");
-            m
-        }
+        let names = std::cell::RefCell::new(Vec::new());
         let counter = |name: &str, help: &str| {
-            reg(
+            register(
                 &registry,
+                &names,
                 IntCounter::with_opts(Opts::new(name, help)).expect("metric names are valid"),
             )
         };
         let counters = |name: &str, help: &str, labels: &[&str]| {
-            reg(
+            register(
                 &registry,
+                &names,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid"),
             )
         };
         let gauge = |name: &str, help: &str| {
-            reg(
+            register(
                 &registry,
+                &names,
                 Gauge::with_opts(Opts::new(name, help)).expect("metric names are valid"),
             )
         };
         let gauges = |name: &str, help: &str, labels: &[&str]| {
-            reg(
+            register(
                 &registry,
+                &names,
                 GaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid"),
             )
         };
         let int_gauges = |name: &str, help: &str, labels: &[&str]| {
-            reg(
+            register(
                 &registry,
+                &names,
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid"),
             )
         };
         let histograms = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            reg(
+            register(
                 &registry,
+                &names,
                 HistogramVec::new(
                     HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                     labels,
@@ -295,11 +312,16 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("the process collector is registered once");
+        {
+            use prometheus::core::Collector;
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            names
+                .borrow_mut()
+                .extend(process.desc().iter().map(|d| d.fq_name.clone()));
+            registry
+                .register(Box::new(process))
+                .expect("the process collector is registered once");
+        }
         Metrics {
             records_read: counters(
                 "waterline_records_read_total",
@@ -424,8 +446,9 @@ impl Metrics {
                  close-index entries.",
                 &["window"],
             ),
-            dedupe_state_entries: reg(
+            dedupe_state_entries: register(
                 &registry,
+                &names,
                 IntGauge::with_opts(Opts::new(
                     "waterline_dedupe_state_entries",
                     "Event ids remembered for deduplication.",
@@ -442,8 +465,9 @@ impl Metrics {
                 "Wall clock (Unix seconds) of each worker's last successful commit.",
                 &["worker"],
             ),
-            ready: reg(
+            ready: register(
                 &registry,
+                &names,
                 IntGauge::with_opts(Opts::new(
                     "waterline_ready",
                     "1 when /ready answers 200: every worker assigned and consuming, and no \
@@ -465,8 +489,15 @@ impl Metrics {
                 &["worker"],
             ),
             live: Arc::new(Mutex::new(Live::default())),
+            catalogue: Arc::new(names.into_inner()),
             registry,
         }
+    }
+
+    /// The name of every metric registered, labelled or not, with or without series yet
+    /// (histograms by their base name).
+    pub fn catalogue(&self) -> &[String] {
+        &self.catalogue
     }
 
     /// Records read from input partitions so far, over all partitions.
@@ -559,9 +590,12 @@ impl Metrics {
         self.records_written.with_label_values(&[topic])
     }
 
-    /// The producer-side handles of worker `worker`.
+    /// The producer-side handles of worker `worker`. Its commit counters start at 0 here,
+    /// so that `increase()` sees the first failure.
     pub fn producer(&self, worker: usize) -> ProducerMetrics {
         let w = worker.to_string();
+        let _ = self.commits.with_label_values(&[&w]);
+        let _ = self.commit_failures.with_label_values(&[&w]);
         ProducerMetrics {
             queue: self.producer_queue.with_label_values(&[&w]),
             retries: self.producer_retries.with_label_values(&[&w]),

@@ -20,7 +20,7 @@ use common::{recompute_deduped, report};
 use serde_json::Value;
 
 /// A child process killed when dropped, so a failing assertion leaves nothing running.
-struct Running(Child, &'static str);
+struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -220,7 +220,6 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus starts"),
-        "prometheus",
     );
     let limit = Duration::from_secs(120);
     // Prometheus scrapes from before the job starts, so it sees the whole catch-up.
@@ -230,7 +229,7 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let waterline = Running(
-        Command::new(env!("CARGO_BIN_EXE_waterline"))
+        waterline_binary()
             .args([
                 "run",
                 "--dataflow",
@@ -246,7 +245,6 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("waterline starts"),
-        "waterline",
     );
 
     // Scraped, and up.
@@ -263,11 +261,11 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
     // Records read grew: from below the backlog to everything, never down.
     let grew = scalar(
         prometheus_at,
-        &format!("min_over_time({read}[10m:1s]) < {first_total}"),
+        &format!("min_over_time({read}[10m:1s]) < {total}"),
     );
     assert!(
         grew.is_some(),
-        "a scrape saw fewer records read than the backlog"
+        "a scrape saw fewer records read than were sent in all"
     );
     let rate = scalar(
         prometheus_at,
@@ -383,8 +381,13 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
         "config/grafana/waterline.json",
     ] {
         for name in referenced_metrics(&repo.join(file)) {
+            // Series of the [enrich] reference topic exist only in dataflows that have one.
+            if name == "waterline_reference_records_read_total" {
+                continue;
+            }
+            let histogram = format!("{name}_bucket");
             assert!(
-                names.contains(&name.as_str()),
+                names.contains(&name.as_str()) || names.contains(&histogram.as_str()),
                 "{file} uses `{name}`, which waterline does not export"
             );
         }

@@ -39,9 +39,9 @@ pub struct Launch {
     pub processes: usize,
     /// Process `i` listens on `127.0.0.1:<base_port + i>`.
     pub base_port: u16,
-    /// The metrics endpoint of process 0 (`off`, or an address whose port is moved by `i`
-    /// for process `i`; port 0 stays 0).
-    pub http_listen: String,
+    /// The metrics endpoint of process 0 (from the configuration; `None`: off). Process
+    /// `i` listens on its port + `i` (port 0 stays 0).
+    pub http_listen: Option<SocketAddr>,
     /// The arguments of `waterline run`, without `--process`, `--hosts` and
     /// `--http-listen`.
     pub run_args: Vec<String>,
@@ -70,18 +70,15 @@ pub fn run_args(argv: &[String]) -> Result<Vec<String>, LaunchError> {
 }
 
 /// The metrics address of process `i`.
-fn http_listen_of(base: &str, i: usize) -> Result<String, LaunchError> {
-    if base == "off" || base.is_empty() {
+fn http_listen_of(base: Option<SocketAddr>, i: usize) -> Result<String, LaunchError> {
+    let Some(mut address) = base else {
         return Ok("off".into());
-    }
-    let mut address: SocketAddr = base.parse().map_err(|e| {
-        LaunchError::Arguments(format!("--http-listen `{base}` is not an address: {e}"))
-    })?;
+    };
     if address.port() != 0 {
         let port = usize::from(address.port()) + i;
         let port = u16::try_from(port).map_err(|_| {
             LaunchError::Arguments(format!(
-                "--http-listen {base}: process {i} would need port {port}"
+                "http.listen {address}: process {i} would need port {port}"
             ))
         })?;
         address.set_port(port);
@@ -136,7 +133,7 @@ fn run_processes(
             .args(["--process", &i.to_string()])
             .arg("--hosts")
             .arg(hosts)
-            .args(["--http-listen", &http_listen_of(&launch.http_listen, i)?])
+            .args(["--http-listen", &http_listen_of(launch.http_listen, i)?])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -287,17 +284,20 @@ mod tests {
 
     #[test]
     fn each_process_gets_its_own_metrics_port() {
+        let at = |s: &str| Some(s.parse::<SocketAddr>().expect("an address"));
         assert_eq!(
-            http_listen_of("127.0.0.1:9464", 0).expect("ok"),
+            http_listen_of(at("127.0.0.1:9464"), 0).expect("ok"),
             "127.0.0.1:9464"
         );
         assert_eq!(
-            http_listen_of("127.0.0.1:9464", 2).expect("ok"),
+            http_listen_of(at("127.0.0.1:9464"), 2).expect("ok"),
             "127.0.0.1:9466"
         );
-        assert_eq!(http_listen_of("127.0.0.1:0", 3).expect("ok"), "127.0.0.1:0");
-        assert_eq!(http_listen_of("off", 1).expect("ok"), "off");
-        assert!(http_listen_of("127.0.0.1:65535", 1).is_err());
-        assert!(http_listen_of("nowhere", 1).is_err());
+        assert_eq!(
+            http_listen_of(at("127.0.0.1:0"), 3).expect("ok"),
+            "127.0.0.1:0"
+        );
+        assert_eq!(http_listen_of(None, 1).expect("ok"), "off");
+        assert!(http_listen_of(at("127.0.0.1:65535"), 1).is_err());
     }
 }
