@@ -289,6 +289,14 @@ impl Mesh {
             let theirs = match read_message(c) {
                 Ok(Message::Hello(h)) => h,
                 Ok(other) => return Err(protocol(j, format!("expected a hello, got {other:?}"))),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(protocol(
+                        j,
+                        "it closed the connection before saying hello (it gave up waiting \
+                         for another process, or is not waterline)"
+                            .into(),
+                    ));
+                }
                 Err(e) => return Err(protocol(j, format!("no hello from it: {e}"))),
             };
             if theirs.process != j {
