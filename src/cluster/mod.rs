@@ -29,6 +29,15 @@
 //! does process 0 read the progress topic, decide the restart positions and bounds, and
 //! send that plan to the others, so every process starts from the same decision.
 //!
+//! What timely 0.32 does by itself (read in `timely_communication`'s `networking.rs` and
+//! `zero_copy/tcp.rs`, and seen by experiment): `Config::Cluster` retries a connection
+//! forever, once a second, printing "awaiting connections" to stdout; when a peer is
+//! killed, its receive thread panics ("timely communication error: reading data: socket
+//! closed"), which poisons the queues it feeds, so the workers panic too ("MergeQueue
+//! poisoned") and the process aborts (SIGABRT) while joining them; when a host vanishes
+//! without closing its connections, nothing notices and the workers wait forever. Hence
+//! the handshake, the heartbeats and the wrapped data connections here.
+//!
 //! Failure: a process that fails sends its reason to the others; a process that dies
 //! (SIGKILL, a crash) closes its connections, and a host that vanishes stops sending
 //! heartbeats for [`PEER_TIMEOUT`]. Either way the others stop their workers and exit with
