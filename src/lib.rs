@@ -17,18 +17,20 @@
 //! - [`source`] the source operator and its readers (Kafka, in-memory).
 //! - [`window`] assignment functions, accumulators, the window operator.
 //! - [`enrich`] the temporal join with a compacted reference topic.
-//! - [`output`] result, dead-letter and late-record encodings and routing.
+//! - [`output`] result, dead-letter and late-record encodings and routing;
+//!   [`correlation`] the correlation ids they carry as Kafka headers.
 //! - [`sink`] the sink operator and its writers (Kafka, in-memory).
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
-//! - [`metrics`] every Prometheus metric.
+//! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod correlation;
 pub mod dedupe;
 pub mod demo;
 pub mod enrich;
@@ -37,6 +39,7 @@ pub mod fault;
 pub mod fields;
 pub mod generate;
 pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -6,7 +6,6 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
@@ -17,14 +16,7 @@ use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    waterline::logging::init(format, level);
 }
 
 /// SIGINT/SIGTERM set the returned flag; a second signal exits at once.
@@ -42,7 +34,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `error: …` on stderr, or one JSON line in JSON mode.
+            waterline::logging::fatal(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }

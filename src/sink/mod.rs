@@ -269,7 +269,7 @@ pub fn sink<'s, W: Writer + 'static>(
                 };
                 match w.commit(&progress) {
                     Ok(()) => {
-                        tracing::debug!(worker = me, frontier, "committed");
+                        tracing::debug!(frontier, "committed");
                         committed = frontier;
                         last_commit = Instant::now();
                         state.borrow_mut().committed = frontier;

@@ -14,7 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Polled, Reader, RecordRef};
+use super::{Polled, Reader, RecordHeaders, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
 use crate::progress::Position;
@@ -33,7 +33,10 @@ struct PartitionState {
 
 /// Routes librdkafka's errors to tracing, except the end-of-partition notices that
 /// `enable.partition.eof` asks for: those are expected, and handled in [`KafkaReader::poll`].
-pub struct SourceContext;
+/// They are served by `poll` on the worker's thread, inside its span.
+pub struct SourceContext {
+    topic: String,
+}
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -41,7 +44,7 @@ impl ClientContext for SourceContext {
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         ) {
-            tracing::error!(error = %error, reason, "Kafka consumer error");
+            tracing::error!(topic = %self.topic, error = %error, reason, "Kafka consumer error");
         }
     }
 }
@@ -90,12 +93,14 @@ impl KafkaReader {
         for (k, v) in &config.kafka_properties {
             c.set(k, v);
         }
-        let consumer: BaseConsumer<SourceContext> =
-            c.create_with_context(SourceContext)
-                .map_err(|source| KafkaSetupError::Client {
-                    what: "cannot create the Kafka consumer".into(),
-                    source,
-                })?;
+        let consumer: BaseConsumer<SourceContext> = c
+            .create_with_context(SourceContext {
+                topic: topic.to_string(),
+            })
+            .map_err(|source| KafkaSetupError::Client {
+                what: "cannot create the Kafka consumer".into(),
+                source,
+            })?;
         let mut tpl = TopicPartitionList::new();
         for start in starts {
             // Explicit offsets, resolved by the caller before any consumer is assigned: the
@@ -244,6 +249,9 @@ impl Reader for KafkaReader {
                         timestamp_ms: m.timestamp().to_millis(),
                         key: m.key(),
                         payload: m.payload(),
+                        headers: m
+                            .headers()
+                            .map_or(RecordHeaders::None, RecordHeaders::Kafka),
                     }));
                     if let Some(end) = state.end
                         && m.offset() + 1 >= end
