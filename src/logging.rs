@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -129,18 +129,14 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::String(
-                chrono::Utc::now()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    .to_string(),
-            ),
+        let mut line = Line::default();
+        line.put(
+            "timestamp",
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         );
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("target".into(), Value::String(meta.target().to_string()));
-        line.insert("message".into(), Value::String(String::new()));
+        line.put("level", Value::String(meta.level().to_string()));
+        line.put("target", Value::String(meta.target().to_string()));
+        line.put("message", Value::String(String::new()));
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
@@ -149,54 +145,76 @@ where
                     continue;
                 };
                 if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
-                    line.extend(fields);
+                    for (k, v) in fields {
+                        line.put(&k, v);
+                    }
                 }
             }
         }
-        event.record(&mut Fields(&mut line));
+        event.record(&mut line);
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
 }
 
-/// Collects an event's fields into the line's map.
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// One line's members in order: the fixed ones first, then span and event fields, a later
+/// value replacing an earlier one of the same name in place.
+#[derive(Default)]
+struct Line(Vec<(String, Value)>);
 
-impl Fields<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
-        self.0.insert(field.name().to_string(), value);
+impl Line {
+    fn put(&mut self, name: &str, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.0.push((name.to_string(), value)),
+        }
+    }
+
+    fn field(&mut self, field: &Field, value: Value) {
+        self.put(field.name(), value);
     }
 }
 
-impl Visit for Fields<'_> {
+impl serde::Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl Visit for Line {
     fn record_f64(&mut self, field: &Field, value: f64) {
         let value = serde_json::Number::from_f64(value)
             .map_or_else(|| Value::String(value.to_string()), Value::Number);
-        self.put(field, value);
+        self.field(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
+        self.field(field, Value::from(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
+        self.field(field, Value::from(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        self.field(field, Value::Bool(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_string()));
+        self.field(field, Value::String(value.to_string()));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::String(value.to_string()));
+        self.field(field, Value::String(value.to_string()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, Value::String(format!("{value:?}")));
+        self.field(field, Value::String(format!("{value:?}")));
     }
 }
 
@@ -251,6 +269,11 @@ mod tests {
             String::from_utf8(buffer.0.lock().expect("not poisoned").clone()).expect("UTF-8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].starts_with(r#"{"timestamp":"#)
+                && lines[0].contains(r#","level":"INFO","target":"#),
+            "the fixed members first: {text}"
+        );
         let v: Value = serde_json::from_str(lines[0]).expect("a JSON line");
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["message"], "line\nwith \"quotes\"");
