@@ -246,6 +246,39 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_is_one_json_line() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("worker", worker = 1usize);
+            let _span = span.enter();
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(log_panic));
+            let caught = std::panic::catch_unwind(|| panic!("boom\nsecond line"));
+            std::panic::set_hook(previous);
+            assert!(caught.is_err());
+        });
+        let text =
+            String::from_utf8(buffer.0.lock().expect("not poisoned").clone()).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: Value = serde_json::from_str(lines[0]).expect("a JSON line");
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["message"], "panicked: boom\nsecond line");
+        assert_eq!(v["worker"], 1);
+        assert!(
+            v["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("logging.rs")),
+            "{v}"
+        );
+    }
+
+    #[test]
     fn json_lines_are_flat_with_span_fields() {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::fmt()
