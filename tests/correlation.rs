@@ -178,13 +178,16 @@ struct Ids {
     late: BTreeMap<(String, i32, i64), Option<String>>,
 }
 
+/// (window, key, start or span) → (time, correlation id) of each event in it.
+type Events = BTreeMap<(String, String, u64), Vec<(u64, Option<String>)>>;
+
 /// The naive recomputation: each partition in offset order with its own watermark.
 fn recompute(partitions: &[Vec<Record>]) -> Ids {
     let mut ids = Ids::default();
     // (window, key, start) → (time, id) of each event in it.
-    let mut members: BTreeMap<(String, String, u64), Vec<(u64, Option<String>)>> = BTreeMap::new();
+    let mut members: Events = BTreeMap::new();
     // Sessions: (window, key, span) → (time, id) of each on-time event.
-    let mut spans: BTreeMap<(String, String, u64), Vec<(u64, Option<String>)>> = BTreeMap::new();
+    let mut spans: Events = BTreeMap::new();
     for (p, records) in partitions.iter().enumerate() {
         let p = p as i32;
         let mut max_seen = 0u64;
