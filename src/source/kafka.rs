@@ -249,9 +249,7 @@ impl Reader for KafkaReader {
                         timestamp_ms: m.timestamp().to_millis(),
                         key: m.key(),
                         payload: m.payload(),
-                        headers: m
-                            .headers()
-                            .map_or(RecordHeaders::None, RecordHeaders::Kafka),
+                        headers: RecordHeaders::Kafka(&m),
                     }));
                     if let Some(end) = state.end
                         && m.offset() + 1 >= end

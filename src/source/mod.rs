@@ -91,7 +91,7 @@ pub struct RecordRef<'a> {
     pub key: Option<&'a [u8]>,
     /// Payload, `None` for a null value.
     pub payload: Option<&'a [u8]>,
-    /// Kafka headers, borrowed: nothing is copied unless one is looked up.
+    /// Kafka headers, borrowed: nothing is parsed or copied unless one is looked up.
     pub headers: RecordHeaders<'a>,
 }
 
@@ -102,8 +102,9 @@ pub enum RecordHeaders<'a> {
     /// No headers (or a reader that has none).
     #[default]
     None,
-    /// A Kafka record's headers.
-    Kafka(&'a rdkafka::message::BorrowedHeaders),
+    /// The headers of this Kafka message (librdkafka parses them on first access, so
+    /// a dataflow that never asks pays nothing for them).
+    Kafka(&'a rdkafka::message::BorrowedMessage<'a>),
 }
 
 impl<'a> RecordHeaders<'a> {
@@ -112,9 +113,9 @@ impl<'a> RecordHeaders<'a> {
     pub fn last(&self, name: &str) -> Option<&'a [u8]> {
         match self {
             RecordHeaders::None => None,
-            RecordHeaders::Kafka(headers) => {
-                use rdkafka::message::Headers;
-                let headers: &'a rdkafka::message::BorrowedHeaders = headers;
+            RecordHeaders::Kafka(message) => {
+                use rdkafka::message::{Headers, Message};
+                let headers: &'a rdkafka::message::BorrowedHeaders = message.headers()?;
                 // rdkafka panics on a header name that is not UTF-8; such a record is
                 // still processed, without an id from its headers.
                 std::panic::catch_unwind(|| {
@@ -135,10 +136,7 @@ impl std::fmt::Debug for RecordHeaders<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RecordHeaders::None => f.write_str("None"),
-            RecordHeaders::Kafka(h) => {
-                use rdkafka::message::Headers;
-                write!(f, "Kafka({} headers)", h.count())
-            }
+            RecordHeaders::Kafka(_) => f.write_str("Kafka"),
         }
     }
 }
