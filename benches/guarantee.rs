@@ -153,6 +153,7 @@ fn waterline(bootstrap: &str, log: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_waterline"));
     command
         .env("KAFKA_BOOTSTRAP", bootstrap)
+        .env("WATERLINE__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("the temporary directory is writable"));
     command

@@ -157,6 +157,7 @@ fn main() {
         .args(["--config", config.to_str().expect("utf-8 path"), "-w", "2"])
         .env("KAFKA_BOOTSTRAP", &bootstrap)
         .env("WATERLINE_APP_ID", &app_id)
+        .env("WATERLINE__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&run_log).expect("log file"))
         .spawn()

@@ -252,27 +252,33 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 Engine::Operator | Engine::OperatorHopping => {
                     let spec = Rc::new(spec(engine == Engine::OperatorHopping));
                     let topics = Rc::new(Topics::new(&spec, |_| 1));
-                    waterline::window::operator::windows(events, spec, 0, topics, Metrics::new())
-                        .inspect(move |r| {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&r.payload).expect("results are JSON");
-                            let dec = |f: &str| {
-                                v[f].as_str()
-                                    .and_then(|s| s.parse::<Decimal>().ok())
-                                    .expect("decimal aggregates are strings")
-                            };
-                            let r = row(
-                                v["key"].as_str().expect("a key"),
-                                v["window_start_ms"].as_u64().expect("a start"),
-                                v["count"].as_u64().expect("a count"),
-                                dec("sum"),
-                                dec("min"),
-                                dec("max"),
-                            );
-                            rows.lock().expect("no worker panicked").push((r, 1));
-                        })
-                        .probe()
-                        .0
+                    waterline::window::operator::windows(
+                        events,
+                        spec,
+                        0,
+                        topics,
+                        Metrics::new("bench"),
+                    )
+                    .inspect(move |r| {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&r.payload).expect("results are JSON");
+                        let dec = |f: &str| {
+                            v[f].as_str()
+                                .and_then(|s| s.parse::<Decimal>().ok())
+                                .expect("decimal aggregates are strings")
+                        };
+                        let r = row(
+                            v["key"].as_str().expect("a key"),
+                            v["window_start_ms"].as_u64().expect("a start"),
+                            v["count"].as_u64().expect("a count"),
+                            dec("sum"),
+                            dec("min"),
+                            dec("max"),
+                        );
+                        rows.lock().expect("no worker panicked").push((r, 1));
+                    })
+                    .probe()
+                    .0
                 }
                 Engine::DdDelay | Engine::DdNoDelay | Engine::DdDelayHopping => {
                     differential(engine, events, rows)

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -67,6 +67,10 @@ pub struct RunOptions {
     /// The offsets `until` resolved to (set by the run), so that a restart stops at the
     /// same place.
     pub resolved_until: Arc<std::sync::Mutex<Option<BTreeMap<i32, i64>>>>,
+    /// Records a bounded run has to read (set by the run once it has resolved where each
+    /// partition starts and ends: the sum of end − start; 0 until then, for unbounded runs,
+    /// and again from a failure until the restart has planned anew). For progress display.
+    pub planned: Arc<AtomicU64>,
     /// Drain requests.
     pub control: SourceControl,
     /// Set to stop (flush and exit, leaving open windows).
@@ -141,6 +145,8 @@ pub fn run_with_restarts(
             backoff = FIRST_BACKOFF;
         }
         options.metrics.restarts.inc();
+        // The restart plans what is left from its committed positions.
+        options.planned.store(0, Ordering::Relaxed);
         tracing::warn!(dataflow = %spec.name, error = %error, delay = ?backoff, "run failed; restarting from the committed progress");
         let until = std::time::Instant::now() + backoff;
         while std::time::Instant::now() < until {
@@ -383,6 +389,11 @@ pub fn run(
     if let (Some(ends), Ok(mut slot)) = (&ends, options.resolved_until.lock()) {
         *slot = Some(ends.clone());
     }
+    if let Some(ends) = &ends {
+        options
+            .planned
+            .store(planned_records(&starts, ends), Ordering::Relaxed);
+    }
     if options.from.is_some() || options.until.is_some() {
         tracing::info!(
             starts = ?starts.values().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
@@ -430,6 +441,12 @@ pub fn run(
     let config = Arc::new(config);
     let topics = Arc::new(topics);
     let abort = Arc::new(AtomicBool::new(false));
+    // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
+    let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
+        .then(|| config.commit_interval * config.ready_commit_intervals);
+    options
+        .metrics
+        .run_started(options.workers, max_commit_delay);
     let guards = timely::execute(timely::Config::process(options.workers), {
         let options = options.clone();
         let abort = Arc::clone(&abort);
@@ -452,11 +469,16 @@ pub fn run(
             result
         }
     })
-    .map_err(RunError::Start)?;
+    .map_err(|e| {
+        options.metrics.run_ended();
+        RunError::Start(e)
+    })?;
 
+    let joined = guards.join();
+    options.metrics.run_ended();
     let mut outcome = Outcome::Completed;
     let mut first_error = None;
-    for (worker, joined) in guards.join().into_iter().enumerate() {
+    for (worker, joined) in joined.into_iter().enumerate() {
         match joined {
             Ok(Ok(Outcome::Stopped)) => outcome = Outcome::Stopped,
             Ok(Ok(Outcome::Completed)) => {}
@@ -539,10 +561,18 @@ fn run_worker(
         .commit(&initial)
         .map_err(|e| format!("cannot commit the starting positions: {e}"))?;
     options.started.fetch_add(1, Ordering::SeqCst);
+    options.metrics.worker_assigned(index);
     // The reader comes after the producer: its partitions are assigned (and fetching
     // starts) only once the transactional producer is ready, which can take a while.
-    let reader = KafkaReader::new(config, &spec.input.topic, &mine, ends, index)
-        .map_err(|e| e.to_string())?;
+    let reader = KafkaReader::new(
+        config,
+        &spec.input.topic,
+        &mine,
+        ends,
+        index,
+        Some(options.metrics.clone()),
+    )
+    .map_err(|e| e.to_string())?;
     let reference = match reference {
         None => None,
         Some((topic, n, ref_ends)) => {
@@ -550,8 +580,9 @@ fn run_worker(
                 .filter(|r| *r as usize % peers == index)
                 .map(|r| Position::start(r, 0))
                 .collect();
-            let reader = KafkaReader::new(config, topic, &from_start, ref_ends.as_ref(), index)
-                .map_err(|e| e.to_string())?;
+            let reader =
+                KafkaReader::new(config, topic, &from_start, ref_ends.as_ref(), index, None)
+                    .map_err(|e| e.to_string())?;
             Some(pipeline::reference_input(Box::new(reader), recovery))
         }
     };
@@ -617,6 +648,18 @@ fn run_worker(
     Ok(Outcome::Completed)
 }
 
+/// Records between each partition's start and its end (none where the end is not past the
+/// start).
+fn planned_records(starts: &BTreeMap<i32, Position>, ends: &BTreeMap<i32, i64>) -> u64 {
+    starts
+        .iter()
+        .map(|(p, start)| {
+            let end = ends.get(p).copied().unwrap_or(start.offset);
+            u64::try_from(end - start.offset).unwrap_or(0)
+        })
+        .sum()
+}
+
 /// The reference topic of `[enrich]`: its name, partition count, and the end offsets a
 /// bounded run reads it to.
 type ReferenceTopic = (String, i32, Option<BTreeMap<i32, i64>>);
@@ -672,4 +715,21 @@ fn offsets_for_time(
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_sums_end_minus_start_over_partitions() {
+        let starts: BTreeMap<i32, Position> = [(0, 10), (1, 0), (2, 50), (3, 7)]
+            .into_iter()
+            .map(|(p, o)| (p, Position::start(p, o)))
+            .collect();
+        // Partition 2 starts past its end (a recovered position beyond an --until time);
+        // partition 3 has no end and so nothing to read.
+        let ends = BTreeMap::from([(0, 110), (1, 5), (2, 40)]);
+        assert_eq!(planned_records(&starts, &ends), 105);
+    }
 }

@@ -1,10 +1,15 @@
-//! The command line: `run`, `produce`, `demo`.
+//! The command line: `run`, `produce`, `demo`, `config`.
+//!
+//! Configuration flags ([`ConfigArgs`], [`RunSettingsArgs`]) are the last layer of
+//! [`crate::config`]; they are taken as text and validated there, so a bad flag value is
+//! reported together with every other configuration problem.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Flag, Profile, Sources};
 use crate::replay::{StartAt, StopAt};
 
 /// waterline — a Kafka-native stream processor: event-time windows with exact decimal
@@ -27,6 +32,110 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Run the trades dataflow on an embedded Kafka mock cluster: no broker needed.
     Demo(DemoArgs),
+    /// Check the configuration `run` would use (files, environment, flags) and, with
+    /// --print, print it as TOML with the layer each value came from.
+    Config(ConfigCommandArgs),
+}
+
+/// Where settings come from: files (--env, then each --config), then `WATERLINE__…`
+/// environment variables, then these flags (--set first).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Configuration")]
+pub struct ConfigArgs {
+    /// Read <config-dir>/default.toml, then <config-dir>/<NAME>.toml (dev, prod, docker).
+    #[arg(long = "env", value_name = "NAME")]
+    pub env_name: Option<String>,
+    /// The directory of --env's files.
+    #[arg(long, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    /// A settings file, read after --env's; repeat for more (later files win).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Any setting, e.g. processing.guarantee=at-least-once or kafka.properties.linger.ms=5
+    /// (repeatable; the named flags below win over it).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Kafka bootstrap servers (kafka.bootstrap_servers).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub bootstrap: Option<String>,
+    /// Application id (app_id): names the consumer group, transactional ids and progress topic.
+    #[arg(long, value_name = "ID")]
+    pub app_id: Option<String>,
+    /// Log format, text or json (log.format).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or waterline=debug,info (log.level).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// Configuration flags only `run` (and `config`) take.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Configuration")]
+pub struct RunSettingsArgs {
+    /// exactly-once or at-least-once (processing.guarantee).
+    #[arg(long, value_name = "GUARANTEE")]
+    pub guarantee: Option<String>,
+    /// How often each worker commits outputs and progress, e.g. 100ms
+    /// (processing.commit_interval).
+    #[arg(long, value_name = "DURATION")]
+    pub commit_interval: Option<String>,
+    /// Where the metrics and health server listens, e.g. 0.0.0.0:9464, or off (http.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The layers these flags (and `run`'s, if given) name, over the process environment.
+    pub fn sources(&self, run: Option<&RunSettingsArgs>) -> Sources {
+        let mut flags: Vec<Flag> = self.set.iter().cloned().map(Flag::Set).collect();
+        let mut named = |flag: &'static str, key: &'static str, value: &Option<String>| {
+            if let Some(value) = value {
+                flags.push(Flag::Named {
+                    flag,
+                    key,
+                    value: value.clone(),
+                });
+            }
+        };
+        named("--bootstrap", "kafka.bootstrap_servers", &self.bootstrap);
+        named("--app-id", "app_id", &self.app_id);
+        named("--log-format", "log.format", &self.log_format);
+        named("--log-level", "log.level", &self.log_level);
+        if let Some(run) = run {
+            named("--guarantee", "processing.guarantee", &run.guarantee);
+            named(
+                "--commit-interval",
+                "processing.commit_interval",
+                &run.commit_interval,
+            );
+            named("--http-listen", "http.listen", &run.http_listen);
+        }
+        Sources {
+            profile: self.env_name.as_ref().map(|name| Profile {
+                name: name.clone(),
+                dir: self.config_dir.clone(),
+            }),
+            files: self.config.clone(),
+            env: Sources::process_env(),
+            flags,
+        }
+    }
+}
+
+/// `waterline config`.
+#[derive(Debug, Args)]
+pub struct ConfigCommandArgs {
+    /// Print the effective configuration as TOML, each value with a comment naming the
+    /// layer it came from; secrets show as "<redacted>".
+    #[arg(long)]
+    pub print: bool,
+    #[command(flatten)]
+    /// Where settings come from.
+    pub settings: ConfigArgs,
+    #[command(flatten)]
+    /// `run`'s own settings.
+    pub run_settings: RunSettingsArgs,
 }
 
 /// `waterline run`.
@@ -35,9 +144,6 @@ pub struct RunArgs {
     /// The dataflow file to run.
     #[arg(long, short = 'd', value_name = "FILE")]
     pub dataflow: PathBuf,
-    /// Environment settings (bootstrap servers, app id, logging).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Worker threads in this process.
     #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
@@ -62,20 +168,20 @@ pub struct RunArgs {
     /// and the dataflow may have changed.
     #[arg(long)]
     pub reset: bool,
-    /// Kafka bootstrap servers (overrides the config file and the environment).
-    #[arg(long, value_name = "HOST:PORT,...")]
-    pub bootstrap: Option<String>,
+    #[command(flatten)]
+    /// Where settings come from.
+    pub settings: ConfigArgs,
+    #[command(flatten)]
+    /// `run`'s own settings.
+    pub run_settings: RunSettingsArgs,
 }
 
 /// `waterline produce`.
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    /// Kafka bootstrap servers (default: config file, then $KAFKA_BOOTSTRAP, then 127.0.0.1:19092).
-    #[arg(long, value_name = "HOST:PORT,...")]
-    pub bootstrap: Option<String>,
-    /// Environment settings.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    /// Where settings come from (bootstrap servers, app id, logging).
+    pub settings: ConfigArgs,
     /// Topic to write to.
     #[arg(long, default_value = "trades")]
     pub topic: String,

@@ -168,7 +168,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             .spawn(move || print_outputs(&bootstrap, &spec, &finished))?
     };
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(&spec.name);
     let (dead_letter_topic, late_topic) = (
         spec.output.dead_letter_topic.clone(),
         spec.output.late_topic.clone(),
@@ -183,6 +183,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             reset: false,
             started: Default::default(),
             resolved_until: Default::default(),
+            planned: Default::default(),
             control,
             shutdown: Arc::new(AtomicBool::new(false)),
             metrics: metrics.clone(),
@@ -214,7 +215,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         "  events in        {:>8}  (generated: {} invalid, {} far behind in event time)",
         summary.events_in, summary.generated_invalid, summary.generated_late
     );
-    println!("  valid events     {:>8}", metrics.events_valid.get());
+    println!("  valid events     {:>8}", metrics.records_decoded.get());
     println!("  windows out      {:>8}", summary.windows_out);
     println!(
         "  dead letters     {:>8}  → {}",

@@ -39,7 +39,8 @@ pub struct Table<'a> {
     read: RefCell<BTreeSet<String>>,
 }
 
-fn type_name(v: &toml::Value) -> &'static str {
+/// What kind of TOML value `v` is, for messages ("expected a string, found an integer").
+pub fn type_name(v: &toml::Value) -> &'static str {
     match v {
         toml::Value::String(_) => "a string",
         toml::Value::Integer(_) => "an integer",
@@ -291,12 +292,16 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// Reports every key of this table that no reader asked for.
+    /// Reports every key of this table that no reader asked for, suggesting the nearest
+    /// key that was asked for (the readers ask for every key they know).
     pub fn finish(self, problems: &mut Problems) {
         let read = self.read.borrow();
         for key in self.table.keys() {
             if !read.contains(key) {
-                problems.field(&self.path_of(key), "is not a known setting");
+                let hint = did_you_mean(key, read.iter().map(String::as_str))
+                    .map(|k| format!("; did you mean `{}`?", self.path_of(k)))
+                    .unwrap_or_default();
+                problems.field(&self.path_of(key), format!("is not a known setting{hint}"));
             }
         }
     }
@@ -311,6 +316,49 @@ pub fn parse_toml(text: &str, problems: &mut Problems) -> Option<toml::Table> {
             None
         }
     }
+}
+
+/// The candidate nearest to `word`, if it is near enough to be the word meant: at most
+/// one edit for short words, two for longer ones (a transposition counts as one).
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let limit = if word.chars().count() <= 4 { 1 } else { 2 };
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and adjacent
+/// transpositions, case-insensitive.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    // rows[i][j]: the distance between a[..i] and b[..j].
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = d;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -342,6 +390,26 @@ mod tests {
         assert!(msgs[2].starts_with("`missing`: is required"));
         assert!(msgs[3].starts_with("`sub.x`: must not be empty"));
         assert!(msgs[4].starts_with("`typo`: is not a known setting"));
+    }
+
+    #[test]
+    fn suggests_a_near_key() {
+        let known = ["bootstrap_servers", "replication_factor", "create_topics"];
+        assert_eq!(
+            did_you_mean("bootstrap_server", known),
+            Some("bootstrap_servers")
+        );
+        assert_eq!(did_you_mean("creaet_topics", known), Some("create_topics"));
+        assert_eq!(did_you_mean("partitions", known), None);
+        let mut problems = Problems::default();
+        let t = parse_toml("sise = \"1m\"\n", &mut problems).expect("valid toml");
+        let top = Table::new("w", &t);
+        assert_eq!(top.opt_duration("size", &mut problems), None);
+        top.finish(&mut problems);
+        assert_eq!(
+            problems.into_messages(),
+            ["`w.sise`: is not a known setting; did you mean `w.size`?"]
+        );
     }
 
     #[test]

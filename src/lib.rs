@@ -23,7 +23,8 @@
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
-//! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines.
+//! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines;
+//!   [`progress_bar`] progress of long runs on a terminal or in the logs.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -38,6 +39,7 @@ pub mod expr;
 pub mod fault;
 pub mod fields;
 pub mod generate;
+pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
@@ -45,6 +47,7 @@ pub mod output;
 pub mod pipeline;
 pub mod produce;
 pub mod progress;
+pub mod progress_bar;
 pub mod replay;
 pub mod sink;
 pub mod source;

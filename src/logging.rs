@@ -35,6 +35,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::LogFormat;
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+static PREFERRED: OnceLock<LogFormat> = OnceLock::new();
 
 /// Installs the global subscriber: `format` lines on stderr, filtered by `RUST_LOG` when
 /// set, else by `level` (a tracing filter such as `"info"` or `"waterline=debug,info"`).
@@ -46,7 +47,8 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // stderr, clearing and redrawing a progress bar around each line.
+        .with_writer(crate::progress_bar::log_writer);
     let installed = match format {
         LogFormat::Json => {
             let result = builder
@@ -70,13 +72,26 @@ pub fn is_json() -> bool {
     current_format() == LogFormat::Json
 }
 
-/// The format [`init`] installed; before that, the one `WATERLINE_LOG_FORMAT` asks for
-/// (so that an error found before the configuration is read is written in that format).
+/// Says which format the configuration is going to ask for (from `--log-format`), so
+/// that an error found before it is read (a bad config file) is written in that format.
+pub fn prefer(format: LogFormat) {
+    let _ = PREFERRED.set(format);
+}
+
+/// The format [`init`] installed; before that, the one [`prefer`] or the environment
+/// (`WATERLINE__LOG__FORMAT`, `WATERLINE_LOG_FORMAT`) asks for.
 fn current_format() -> LogFormat {
-    match FORMAT.get() {
-        Some(f) => *f,
-        None if std::env::var("WATERLINE_LOG_FORMAT").as_deref() == Ok("json") => LogFormat::Json,
-        None => LogFormat::Text,
+    if let Some(f) = FORMAT.get().or(PREFERRED.get()) {
+        return *f;
+    }
+    let json = std::env::vars().any(|(name, value)| {
+        let name = name.to_ascii_uppercase();
+        (name == "WATERLINE__LOG__FORMAT" || name == "WATERLINE_LOG_FORMAT") && value == "json"
+    });
+    if json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
     }
 }
 

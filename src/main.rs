@@ -2,15 +2,17 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, Command};
-use waterline::config::{Config, LogFormat};
+use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
+use waterline::progress_bar::{Display, Reporter, Task};
 use waterline::replay::StopAt;
 use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
@@ -31,6 +33,16 @@ fn stop_signal() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An error found before the configuration is read is written as --log-format asks.
+    let flag = match &cli.command {
+        Command::Run(a) => a.settings.log_format.as_deref(),
+        Command::Produce(a) => a.settings.log_format.as_deref(),
+        Command::Config(a) => a.settings.log_format.as_deref(),
+        Command::Demo(_) => None,
+    };
+    if flag == Some("json") {
+        waterline::logging::prefer(LogFormat::Json);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -44,27 +56,55 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let spec = PipelineSpec::from_file(&args.dataflow)?;
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = args.bootstrap {
-                config.bootstrap_servers = b;
-            }
+            let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
             init_logging(config.log_format, &config.log_level);
+            let spec = PipelineSpec::from_file(&args.dataflow)?;
+            let metrics = Metrics::new(&spec.name);
+            let _http = match config.http_listen {
+                None => None,
+                Some(address) => Some(waterline::http::serve(address, metrics.clone())?),
+            };
+            let until = args.until.or(args.stop_at_end.then_some(StopAt::End));
+            let planned = Arc::new(AtomicU64::new(0));
+            // A bounded run shows how much of what it planned it has read.
+            let progress = match until {
+                Some(_) => Some(Reporter::start(
+                    Task {
+                        verb: "read",
+                        deadline: None,
+                    },
+                    Display::choose(config.log_format),
+                    {
+                        let metrics = metrics.clone();
+                        move || metrics.records_read()
+                    },
+                    {
+                        let planned = Arc::clone(&planned);
+                        move || planned.load(Ordering::Relaxed)
+                    },
+                )?),
+                None => None,
+            };
             let outcome = app::run_with_restarts(
                 spec,
                 config,
                 RunOptions {
                     workers: args.workers as usize,
                     from: args.from,
-                    until: args.until.or(args.stop_at_end.then_some(StopAt::End)),
+                    until,
                     reset: args.reset,
                     started: Default::default(),
                     resolved_until: Default::default(),
+                    planned,
                     control: SourceControl::default(),
                     shutdown: stop_signal()?,
-                    metrics: Metrics::new(),
+                    metrics,
                 },
-            )?;
+            );
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            let outcome = outcome?;
             match outcome {
                 Outcome::Completed => {
                     tracing::info!("completed: every window closed and every output flushed")
@@ -74,13 +114,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce(args) => {
-            let mut config = Config::load(args.config.as_deref())?;
-            if let Some(b) = &args.bootstrap {
-                config.bootstrap_servers = b.clone();
-            }
+            let config = Config::from_sources(&args.settings.sources(None))?;
             init_logging(config.log_format, &config.log_level);
             let stop = stop_signal()?;
-            let sent = waterline::produce::produce(&args, &config, &stop).with_context(|| {
+            let sent_so_far = Arc::new(AtomicU64::new(0));
+            let progress = Reporter::start(
+                Task {
+                    verb: "sent",
+                    deadline: args.duration.map(|d| Instant::now() + d),
+                },
+                Display::choose(config.log_format),
+                {
+                    let sent_so_far = Arc::clone(&sent_so_far);
+                    move || sent_so_far.load(Ordering::Relaxed)
+                },
+                {
+                    let count = args.count.unwrap_or(0);
+                    move || count
+                },
+            )?;
+            let sent = waterline::produce::produce(&args, &config, &stop, &sent_so_far);
+            progress.finish();
+            let sent = sent.with_context(|| {
                 format!(
                     "producing to `{}` on {}",
                     args.topic, config.bootstrap_servers
@@ -90,6 +145,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "sent {} records to {} ({} invalid, {} late, {} duplicates)",
                 sent.total, args.topic, sent.invalid, sent.late, sent.duplicate
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => {
+            let layered = Layered::load(&args.settings.sources(Some(&args.run_settings)))?;
+            if args.print {
+                print!("{}", layered.to_toml());
+            } else {
+                eprintln!("the configuration is valid (--print shows it)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

@@ -111,7 +111,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             ));
         }
         let all = scope.concatenate(outputs);
-        sink::sink(all, positions, writer, sink_state, sink_config);
+        sink::sink(all, positions, writer, sink_state, sink_config, metrics);
     });
     state
 }
@@ -236,7 +236,7 @@ pub fn run_in_memory_enriched(
             Rc::new(RefCell::new(writer)),
             sink_config,
             SourceControl::default(),
-            Metrics::new(),
+            Metrics::new(&spec.name),
             Some(reference_input),
         );
         loop {

@@ -1,6 +1,7 @@
 //! `waterline produce`: a load generator (or file sender) for a Kafka topic.
 
 use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,13 +27,14 @@ pub struct Sent {
 }
 
 /// Runs the generator (or sends the file) until the count or duration is reached, or
-/// `stop` is set.
+/// `stop` is set. `sent_so_far` counts records as they are handed to the producer (for a
+/// progress display).
 pub fn produce(
     args: &ProduceArgs,
     config: &Config,
     stop: &std::sync::atomic::AtomicBool,
+    sent_so_far: &AtomicU64,
 ) -> anyhow::Result<Sent> {
-    use std::sync::atomic::Ordering;
     if args.file.is_none() && args.rate <= 0.0 && args.count.is_none() && args.duration.is_none() {
         anyhow::bail!(
             "--rate 0 (as fast as possible) needs --count or --duration to say when to stop"
@@ -47,7 +49,9 @@ pub fn produce(
         }],
     )?;
     let probe = kafka::metadata_consumer(config)?;
-    let partitions = kafka::partition_count(&probe, &args.topic, Duration::from_secs(30))?
+    // A topic just created can take a moment to appear in the metadata.
+    let timeout = Duration::from_secs(30);
+    let partitions = kafka::partition_count_after_create(&probe, &args.topic, timeout, timeout)?
         .ok_or_else(|| anyhow::anyhow!("topic `{}` does not exist", args.topic))?;
     let producer: ThreadedProducer<DefaultProducerContext> = kafka::client_config(config)
         .set("enable.idempotence", "true")
@@ -57,6 +61,7 @@ pub fn produce(
     let send = |sent: &mut Sent, key: Option<&[u8]>, payload: &[u8]| -> anyhow::Result<()> {
         send_one(&producer, &args.topic, partitions, sent.total, key, payload)?;
         sent.total += 1;
+        sent_so_far.store(sent.total, Ordering::Relaxed);
         Ok(())
     };
 

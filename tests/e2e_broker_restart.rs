@@ -100,7 +100,7 @@ fn a_broker_restart_under_a_running_pipeline_loses_and_doubles_nothing() {
     let dataflow = dataflow.to_str().expect("utf-8");
     let app = unique("restart-app");
     let log = dir.path().join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let mut child = waterline_binary()
         .args(["run", "--dataflow", dataflow, "-w", "2"])
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", &app)
@@ -153,7 +153,7 @@ fn a_broker_restart_under_a_running_pipeline_loses_and_doubles_nothing() {
         || text.to_lowercase().contains("error");
     assert!(noticed, "the log shows the outages:\n{text}");
 
-    let last_run = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let last_run = waterline_binary()
         .args(["run", "--dataflow", dataflow, "-w", "2", "--until", "end"])
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", &app)

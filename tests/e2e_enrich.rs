@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -345,7 +344,7 @@ fn a_quiet_reference_topic_does_not_stall_windows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dataflow(dir.path(), &input, &rates_topic, &prefix);
     let log = dir.path().join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let mut child = waterline_binary()
         .args([
             "run",
             "--dataflow",

@@ -222,7 +222,7 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
     set_idle_timeout(&dataflow, "1s");
     // The run's log goes to a file: a pipe nobody reads would block it once full.
     let log = dir.path().join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let mut child = waterline_binary()
         .args([
             "run",
             "--dataflow",
@@ -396,7 +396,7 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
     let app = unique("chaos-app");
     let log = dir.path().join("run.log");
     let spawn = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_waterline"))
+        waterline_binary()
             .args([
                 "run",
                 "--dataflow",
@@ -505,7 +505,7 @@ fn fault_points_then_restart_are_exactly_once() {
         let dataflow = trades_dataflow(fdir.path(), &input, &o, &d, &l);
         let app = unique("fault-app");
         let run = |fault: Option<&str>| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_waterline"));
+            let mut c = waterline_binary();
             c.args([
                 "run",
                 "--dataflow",
@@ -586,7 +586,7 @@ fn a_replay_from_a_timestamp_adds_nothing_already_committed() {
     let dataflow = dataflow.to_str().expect("utf-8");
     let app = unique("replay-app");
     let log = dir.path().join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let mut child = waterline_binary()
         .args(["run", "--dataflow", dataflow, "-w", "2"])
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", &app)
@@ -675,7 +675,7 @@ fn a_failed_commit_restarts_the_run_in_process_and_stays_exact() {
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
     let config = dir.path().join("fast-commits.toml");
     std::fs::write(&config, "[processing]\ncommit_interval = \"20ms\"\n").expect("write");
-    let run = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let run = waterline_binary()
         .args([
             "run",
             "--dataflow",

@@ -3,7 +3,8 @@
 //! worker and the dataflow; per-record lines are debug, never info; and a run that fails
 //! at start-up says why in a JSON line too.
 //!
-//! JSON mode is chosen with `WATERLINE_LOG_FORMAT=json`.
+//! JSON mode is chosen with `--log-format json` (and, for an error in the configuration
+//! itself, with `WATERLINE__LOG__FORMAT=json` too).
 
 mod common;
 
@@ -41,14 +42,23 @@ fn message(v: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// Runs the binary with JSON logs and `filter` as the log level.
+/// Runs the binary with `--log-format json` and `filter` as the log level.
 fn waterline_json(app: &str, args: &[&str], filter: &str) -> Output {
+    waterline_env(app, args, filter, &[])
+}
+
+/// [`waterline_json`] with more environment variables.
+fn waterline_env(app: &str, args: &[&str], filter: &str, env: &[(&str, &str)]) -> Output {
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--log-format", "json", "--log-level", filter])
+        .collect();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_waterline"))
-        .args(args)
+        .args(&args)
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", app)
-        .env("WATERLINE_LOG_FORMAT", "json")
-        .env("WATERLINE_LOG_LEVEL", filter)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .output()
         .expect("the waterline binary runs");
@@ -193,5 +203,33 @@ fn a_failing_start_says_why_in_json() {
         message(&lines[0]).contains("`windows[0].size`"),
         "{:?}",
         lines[0]
+    );
+
+    // A configuration file refused before logging is set up: JSON too, by the flag, and
+    // by the environment when the flag is not given.
+    let config = dir.path().join("bad-config.toml");
+    std::fs::write(&config, "[kafka]\nbootstrap_server = \"x:1\"\n").expect("write");
+    let config = config.to_str().expect("utf-8 path");
+    let run = waterline_json(
+        &unique("app"),
+        &["run", "--dataflow", path, "--config", config],
+        "info",
+    );
+    assert!(!run.status.success());
+    let lines = json_lines(&run);
+    assert!(
+        lines.len() == 1 && message(&lines[0]).contains("`kafka.bootstrap_server`"),
+        "{lines:?}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args(["run", "--dataflow", path, "--config", config])
+        .env("WATERLINE__LOG__FORMAT", "json")
+        .output()
+        .expect("the waterline binary runs");
+    assert!(!out.status.success());
+    let lines = json_lines(&out);
+    assert!(
+        lines.len() == 1 && message(&lines[0]).contains("`kafka.bootstrap_server`"),
+        "{lines:?}"
     );
 }

@@ -95,7 +95,7 @@ pub fn temporal_join<'s>(
                         match (row, enrich_spec.on_missing) {
                             (None, OnMissing::DeadLetter) => {
                                 metrics.missing_reference.inc();
-                                metrics.dead_letters.inc();
+                                metrics.dead_letter("missing_reference");
                                 session.give(Err(missing(&spec, &topics, &event, rejected_at)));
                             }
                             (row, _) => {

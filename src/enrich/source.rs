@@ -120,6 +120,7 @@ pub fn reference_source<'s>(
         let mut versions: BTreeMap<u64, Vec<Version>> = BTreeMap::new();
         let mut letters: BTreeMap<u64, Vec<OutRecord>> = BTreeMap::new();
         let mut caught_up: BTreeSet<i32> = BTreeSet::new();
+        let mut counters: BTreeMap<i32, prometheus::IntCounter> = BTreeMap::new();
         move |frontiers| {
             events_in.for_each(|_cap, data| data.clear());
             let events_at = frontiers[0].frontier().iter().copied().min();
@@ -138,7 +139,10 @@ pub fn reference_source<'s>(
                     caught_up.insert(p);
                 }
                 Polled::Record(r) => {
-                    metrics.reference_records_in.inc();
+                    counters
+                        .entry(r.partition)
+                        .or_insert_with(|| metrics.reference_partition(&enrich.topic, r.partition))
+                        .inc();
                     caught_up.remove(&r.partition);
                     let in_base = base.get(&r.partition).is_some_and(|o| r.offset < *o);
                     if !in_base {
@@ -175,7 +179,7 @@ pub fn reference_source<'s>(
                             // time stays below the positions valid after it.
                             watermarks.touch(r.partition, Instant::now());
                             let wm = watermarks.watermark(r.partition).max(held);
-                            metrics.dead_letters.inc();
+                            metrics.dead_letter("malformed_reference");
                             let source = SourceRef::new(
                                 &enrich.topic,
                                 r.partition,

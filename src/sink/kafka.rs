@@ -16,12 +16,13 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
 use super::Writer;
 use crate::config::{Config, Guarantee};
 use crate::kafka::{KafkaSetupError, MAX_MESSAGE_BYTES, client_config};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProducerMetrics};
 use crate::output::{OutRecord, Topics};
 use crate::progress::Progress;
 
@@ -29,6 +30,7 @@ use crate::progress::Progress;
 pub struct DeliveryTracker {
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
+    producer: ProducerMetrics,
     /// The span the writer was created in (its worker's): the producer's own thread logs
     /// librdkafka's lines inside it, so they name the worker too.
     span: tracing::Span,
@@ -43,6 +45,12 @@ impl ClientContext for DeliveryTracker {
     fn error(&self, error: KafkaError, reason: &str) {
         self.span
             .in_scope(|| tracing::error!(target: "librdkafka", error = %error, "{reason}"));
+    }
+
+    /// The client's statistics (every `statistics.interval.ms`): queue depth and retries.
+    fn stats(&self, statistics: Statistics) {
+        let retries = statistics.brokers.values().map(|b| b.txretries).sum();
+        self.producer.report(statistics.msg_cnt, retries);
     }
 }
 
@@ -82,6 +90,8 @@ pub struct KafkaWriter {
     in_transaction: bool,
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
+    /// Records written, per topic index.
+    written: Vec<prometheus::IntCounter>,
 }
 
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -105,6 +115,8 @@ impl KafkaWriter {
             .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
             // Cheap on CPU, good on JSON.
             .set("compression.type", "lz4")
+            // Queue depth and retries for the metrics, once a second.
+            .set("statistics.interval.ms", "1000")
             .set(
                 "client.id",
                 format!("waterline-{}-sink-{worker}", config.app_id),
@@ -125,6 +137,11 @@ impl KafkaWriter {
             .create_with_context(DeliveryTracker {
                 first_error: Arc::clone(&first_error),
                 metrics: metrics.clone(),
+                producer: {
+                    let p = metrics.producer(worker);
+                    p.reset();
+                    p
+                },
                 span: tracing::Span::current(),
             })
             .map_err(|source| KafkaSetupError::Client {
@@ -142,6 +159,7 @@ impl KafkaWriter {
                     source,
                 })?;
         }
+        let written = topics.names.iter().map(|t| metrics.written(t)).collect();
         Ok(KafkaWriter {
             producer,
             topics,
@@ -150,6 +168,7 @@ impl KafkaWriter {
             transactional,
             in_transaction: false,
             first_error,
+            written,
             metrics,
         })
     }
@@ -243,7 +262,9 @@ impl Writer for KafkaWriter {
         loop {
             match self.producer.send(r) {
                 Ok(()) => {
-                    self.metrics.records_out.inc();
+                    if let Some(c) = self.written.get(record.topic as usize) {
+                        c.inc();
+                    }
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {

@@ -34,6 +34,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::progress::Antichain;
 
+use crate::metrics::Metrics;
 use crate::output::OutRecord;
 use crate::progress::{Note, Position, Progress, WatermarkMove};
 
@@ -169,6 +170,7 @@ pub fn sink<'s, W: Writer + 'static>(
     writer: Rc<RefCell<W>>,
     state: Rc<RefCell<SinkState>>,
     config: SinkConfig,
+    metrics: Metrics,
 ) {
     let scope = outputs.scope();
     let (loop_handle, loop_stream) = scope.feedback::<Vec<(usize, u64)>>(1);
@@ -237,15 +239,19 @@ pub fn sink<'s, W: Writer + 'static>(
             let due = frontier == u64::MAX || last_commit.elapsed() >= config.commit_interval;
             if frontier > committed && due {
                 let mut w = writer.borrow_mut();
+                // (event time, records) written in this commit, for the latency metric.
+                let mut written: Vec<(u64, u64)> = Vec::new();
                 while let Some(entry) = pending.first_entry() {
                     if *entry.key() >= frontier {
                         break;
                     }
+                    let time = *entry.key();
                     let mut records = entry.remove();
                     records.sort_unstable();
                     for r in &records {
                         w.write(r);
                     }
+                    written.push((time, records.len() as u64));
                 }
                 while let Some(entry) = pending_notes.first_entry() {
                     if *entry.key() >= frontier {
@@ -267,8 +273,20 @@ pub fn sink<'s, W: Writer + 'static>(
                     passed: known.passed.clone(),
                     ..config.template.clone()
                 };
-                match w.commit(&progress) {
+                let started = Instant::now();
+                let result = w.commit(&progress);
+                match result {
                     Ok(()) => {
+                        metrics.committed(
+                            me,
+                            started.elapsed(),
+                            &written,
+                            progress
+                                .positions
+                                .iter()
+                                .filter(|(p, _)| **p >= 0)
+                                .map(|(p, pos)| (*p, pos.offset)),
+                        );
                         tracing::debug!(frontier, "committed");
                         committed = frontier;
                         last_commit = Instant::now();
@@ -281,11 +299,13 @@ pub fn sink<'s, W: Writer + 'static>(
                         }
                     }
                     Err(e) => {
+                        metrics.commit_failed(me);
                         state.borrow_mut().error = Some(e);
                         return;
                     }
                 }
             }
+            metrics.commit_due(me, frontier > committed);
             if committed == u64::MAX {
                 commits_cap = None;
                 state.borrow_mut().complete = true;

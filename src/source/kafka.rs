@@ -12,11 +12,13 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Polled, Reader, RecordHeaders, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
+use crate::metrics::Metrics;
 use crate::progress::Position;
 
 #[derive(Debug, Default)]
@@ -35,10 +37,26 @@ struct PartitionState {
 /// `enable.partition.eof` asks for: those are expected, and handled in [`KafkaReader::poll`].
 /// They are served by `poll` on the worker's thread, inside its span.
 pub struct SourceContext {
+    metrics: Option<Metrics>,
     topic: String,
 }
 
 impl ClientContext for SourceContext {
+    /// The client's statistics (every `statistics.interval.ms`): each assigned partition's
+    /// last stable offset, the end consumer lag is measured to.
+    fn stats(&self, statistics: Statistics) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        for (topic, t) in &statistics.topics {
+            for (p, partition) in &t.partitions {
+                if *p >= 0 && partition.ls_offset >= 0 {
+                    metrics.partition_end(topic, *p, partition.ls_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(
             error,
@@ -74,6 +92,7 @@ impl KafkaReader {
         starts: &[Position],
         ends: Option<&BTreeMap<i32, i64>>,
         worker: usize,
+        metrics: Option<Metrics>,
     ) -> Result<KafkaReader, KafkaSetupError> {
         let mut c = client_config(config);
         c.set("group.id", &config.app_id)
@@ -86,6 +105,8 @@ impl KafkaReader {
             .set("isolation.level", "read_committed")
             // A partition whose stored position has been deleted restarts from the oldest data.
             .set("auto.offset.reset", "earliest")
+            // End offsets for the consumer-lag metric, once a second.
+            .set("statistics.interval.ms", "1000")
             .set(
                 "client.id",
                 format!("waterline-{}-source-{worker}", config.app_id),
@@ -95,6 +116,7 @@ impl KafkaReader {
         }
         let consumer: BaseConsumer<SourceContext> = c
             .create_with_context(SourceContext {
+                metrics,
                 topic: topic.to_string(),
             })
             .map_err(|source| KafkaSetupError::Client {

@@ -190,6 +190,8 @@ pub type SourceItem = Result<(Event, u64), OutRecord>;
 
 const BATCH: usize = 4096;
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How often a source reports its partitions' positions and watermarks to the metrics.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// What a source worker tells the others about its watermark, so that a worker whose
 /// partitions are all idle can follow the rest instead of holding the frontier back.
@@ -281,6 +283,16 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             Some(CorrelationSource::Header(name)) => Some(name.clone()),
             _ => None,
         };
+        let counters: BTreeMap<i32, crate::metrics::PartitionCounters> = starts
+            .iter()
+            .map(|s| (s.partition, metrics.partition(&topic, s.partition)))
+            .collect();
+        let windows: Vec<crate::metrics::WindowMetrics> =
+            spec.windows.iter().map(|w| metrics.window(&w.name)).collect();
+        // The last (offset, Kafka timestamp) read from each partition since the last report.
+        let mut appended: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        let mut reported: Option<Instant> = None;
+        let mut dedupe_reported = 0i64;
         move |_frontiers| {
             heard.for_each(|_cap, data| {
                 for a in data.drain(..) {
@@ -298,12 +310,22 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             }
             let now = Instant::now();
             let rejected_at = now_ms();
+            let mut decoded = 0u64;
             let read = reader.poll(BATCH, &mut |polled| match polled {
                 Polled::End(p) => watermarks.finish(p),
                 // Input partitions turn idle by `idle_timeout` only.
                 Polled::CaughtUp(_) => {}
                 Polled::Record(r) => {
-                    metrics.records_in.inc();
+                    if let Some(c) = counters.get(&r.partition) {
+                        c.records.inc();
+                        c.bytes.inc_by(
+                            (r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len))
+                                as u64,
+                        );
+                    }
+                    if let Some(ts) = r.timestamp_ms {
+                        appended.insert(r.partition, (r.offset, ts));
+                    }
                     next.insert(r.partition, r.offset + 1);
                     moved.insert(r.partition);
                     let source =
@@ -327,7 +349,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                 "dead letter"
                             );
                             watermarks.touch(r.partition, now);
-                            metrics.dead_letters.inc();
+                            metrics.rejected(rejection.kind.as_str());
                             let letter = output::dead_letter(
                                 &spec,
                                 &topics,
@@ -371,9 +393,9 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                     correlation_id = event.correlation_id.as_deref(),
                                     "duplicate"
                                 );
-                                metrics.duplicates.inc();
+                                metrics.duplicates_dropped.inc();
                                 if dedupe.is_some_and(|d| d.dead_letter) {
-                                    metrics.dead_letters.inc();
+                                    metrics.dead_letter(ErrorKind::Duplicate.as_str());
                                     let rejection = Rejection {
                                         kind: ErrorKind::Duplicate,
                                         reason: format!(
@@ -410,7 +432,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                             correlation_id = event.correlation_id.as_deref(),
                                             "late record"
                                         );
-                                        metrics.late_records.inc();
+                                        windows[i].late.inc();
                                         let record = output::late_record(
                                             &spec,
                                             &topics,
@@ -426,7 +448,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                     }
                                 }
                                 if late < all_windows {
-                                    metrics.events_valid.inc();
+                                    decoded += 1;
                                     pending.push(Ok((event, wm)));
                                 }
                             }
@@ -503,9 +525,32 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         data_cap.downgrade(&t);
                         announce_cap.downgrade(&t);
                         positions_cap.downgrade(&t);
-                        metrics.watermark_ms.set(t as i64);
                     }
                 }
+            }
+            metrics.records_decoded.inc_by(decoded);
+            // A worker releasing its watermark reports at once: it no longer holds any back.
+            if target.is_none() || reported.is_none_or(|at| now.duration_since(at) >= REPORT_EVERY)
+            {
+                reported = Some(now);
+                let idle = watermarks.idle_partitions();
+                metrics.source_polled(
+                    worker,
+                    &topic,
+                    next.iter().map(|(p, offset)| {
+                        (*p, *offset, watermarks.watermark(*p), idle.contains(p))
+                    }),
+                    state.held,
+                    &std::mem::take(&mut appended)
+                        .into_iter()
+                        .map(|(p, (offset, ts))| (p, offset, ts))
+                        .collect::<Vec<_>>(),
+                );
+                let remembered = seen.values().map(Seen::len).sum::<usize>() as i64;
+                metrics
+                    .dedupe_state_entries
+                    .add(remembered - dedupe_reported);
+                dedupe_reported = remembered;
             }
             if caps.is_some() {
                 if read >= BATCH {

@@ -45,7 +45,7 @@ use timely::dataflow::operators::{Capability, Operator};
 
 use super::{Accumulator, close_time, end_of, ids_per_result, windows_of};
 use crate::codec::Event;
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeShare, Metrics};
 use crate::output::{self, OutRecord, Topics};
 use crate::spec::{Emit, PipelineSpec};
 
@@ -103,6 +103,8 @@ pub fn windows<'s>(
             // with each window's close time. Applied to `open` in time order, so an
             // upsert holds exactly the records whose changes show at or before its time.
             let mut changes: Changes = BTreeMap::new();
+            let handles = metrics.window(&spec.windows[index].name);
+            let mut share = GaugeShare::default();
             move |(input, frontier), output| {
                 let w = &spec.windows[index];
                 let id_limit = ids_per_result(&spec);
@@ -177,6 +179,7 @@ pub fn windows<'s>(
                                 .expect("a window with changes has its totals");
                             acc.merge(&delta);
                             let end = end_of(w.kind, start);
+                            handles.updates.inc();
                             session.give(output::window_update(
                                 &topics, index, w, &key, start, end, acc, false,
                             ));
@@ -189,7 +192,7 @@ pub fn windows<'s>(
                     let mut session = output.session(&cap);
                     for ((key, start), acc) in results {
                         let end = end_of(w.kind, start);
-                        metrics.windows_emitted.inc();
+                        handles.finals.inc();
                         session.give(match w.emit {
                             Emit::Final => {
                                 output::window_result(&topics, index, w, &key, start, end, &acc)
@@ -199,6 +202,15 @@ pub fn windows<'s>(
                             ),
                         });
                     }
+                }
+                if frontier.is_empty() {
+                    handles.withdraw(&mut share);
+                } else {
+                    handles.report(&mut share, || {
+                        let open_windows: usize = open.values().map(|(_, accs)| accs.len()).sum();
+                        let pending: usize = changes.values().map(|(_, c)| c.len()).sum();
+                        (open_windows as i64, (open_windows + pending) as i64)
+                    });
                 }
             }
         },

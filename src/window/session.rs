@@ -36,7 +36,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use super::Accumulator;
 use super::operator::key_hash;
 use crate::codec::Event;
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeShare, Metrics};
 use crate::output::{self, OutRecord, Topics};
 use crate::spec::{Emit, PipelineSpec, WindowKind};
 
@@ -155,6 +155,8 @@ pub fn sessions<'s>(
             // Records join in time order, so each changelog step holds exactly the
             // records whose join time has passed.
             let mut joining: Joining = BTreeMap::new();
+            let handles = metrics.window(&spec.windows[index].name);
+            let mut share = GaugeShare::default();
             move |(input, frontier), output| {
                 let w = &spec.windows[index];
                 let WindowKind::Session {
@@ -249,11 +251,13 @@ pub fn sessions<'s>(
                         for (key, old) in before {
                             let new = open.get(&key).expect("a touched key has sessions");
                             for start in old.keys().filter(|s| !new.contains_key(s)) {
+                                handles.tombstones.inc();
                                 session.give(output::window_tombstone(
                                     &topics, index, w, &key, *start,
                                 ));
                             }
                             for (start, s) in new.iter().filter(|(s, n)| old.get(s) != Some(n)) {
+                                handles.updates.inc();
                                 session.give(output::window_update(
                                     &topics, index, w, &key, *start, s.end, &s.acc, false,
                                 ));
@@ -273,7 +277,7 @@ pub fn sessions<'s>(
                         if sessions.is_empty() {
                             open.remove(&key);
                         }
-                        metrics.windows_emitted.inc();
+                        handles.finals.inc();
                         session.give(match w.emit {
                             Emit::Final => {
                                 output::window_result(&topics, index, w, &key, start, s.end, &s.acc)
@@ -283,6 +287,16 @@ pub fn sessions<'s>(
                             ),
                         });
                     }
+                }
+                if frontier.is_empty() {
+                    handles.withdraw(&mut share);
+                } else {
+                    handles.report(&mut share, || {
+                        let sessions: usize = open.values().map(|s| s.len()).sum();
+                        let index: usize = closing.values().map(|(_, keys)| keys.len()).sum();
+                        let joins: usize = joining.values().map(|(_, r)| r.len()).sum();
+                        (sessions as i64, (sessions + index + joins) as i64)
+                    });
                 }
             }
         },

@@ -269,6 +269,14 @@ pub fn role(topic: &str, out: &str, dlq: &str) -> &'static str {
     }
 }
 
+/// The waterline binary, serving its HTTP endpoint on a free port: tests run side by side,
+/// and the default port would be taken by whichever started first.
+pub fn waterline_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waterline"));
+    command.env("WATERLINE__HTTP__LISTEN", "127.0.0.1:0");
+    command
+}
+
 pub fn waterline(args: &[&str]) -> std::process::Output {
     waterline_as(&unique("app"), args)
 }
@@ -276,7 +284,7 @@ pub fn waterline(args: &[&str]) -> std::process::Output {
 /// Runs the binary as application `app` (its consumer group, progress topic and
 /// transactional ids).
 pub fn waterline_as(app: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_waterline"))
+    let out = waterline_binary()
         .args(args)
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", app)
