@@ -305,6 +305,7 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                     key: keys[key].clone(),
                     value: amount,
                 })],
+                correlation_id: None,
             };
             input.send((event, wm));
             max_seen = max_seen.max(time);

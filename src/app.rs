@@ -161,7 +161,7 @@ pub fn run_with_restarts(
         options.metrics.restarts.inc();
         // The restart plans what is left from its committed positions.
         options.planned.store(0, Ordering::Relaxed);
-        tracing::warn!(error = %error, delay = ?backoff, "run failed; restarting from the committed progress");
+        tracing::warn!(dataflow = %spec.name, error = %error, delay = ?backoff, "run failed; restarting from the committed progress");
         let until = std::time::Instant::now() + backoff;
         while std::time::Instant::now() < until {
             if options.shutdown.load(Ordering::Relaxed) {
@@ -199,6 +199,8 @@ pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Ou
         hosts: layout.hosts.clone(),
         bounded: options.until.is_some(),
     };
+    // Every line this process writes names its place in the job.
+    let _span = tracing::info_span!("cluster", process = layout.process).entered();
     let mesh = match Mesh::join(&layout, hello, Arc::clone(&options.shutdown)) {
         Ok(mesh) => mesh,
         Err(ClusterError::Stopped) => return Ok(Outcome::Stopped),
@@ -246,6 +248,8 @@ fn run_once(
     options: RunOptions,
     mesh: Option<&Mesh>,
 ) -> Result<Outcome, RunError> {
+    // Start-up lines name the dataflow; each worker enters a span of its own.
+    let _span = tracing::info_span!("run", dataflow = %spec.name).entered();
     let bounded = options.until.is_some();
     if bounded {
         // In a bounded run every partition has data waiting until it reaches its end, so
@@ -391,8 +395,7 @@ fn run_once(
         ..Progress::default()
     };
     tracing::info!(
-        dataflow = %spec.name,
-        input = %spec.input.topic,
+        topic = %spec.input.topic,
         partitions = input_partitions,
         workers = options.workers,
         processes = mesh.map_or(1, Mesh::processes),
@@ -648,6 +651,8 @@ fn run_worker(
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
+    // Every line this worker writes, and those of the clients it creates, names it.
+    let _span = tracing::info_span!("worker", dataflow = %spec.name, worker = index).entered();
     let mine: Vec<Position> = (0..input_partitions)
         .filter(|p| *p as usize % peers == index)
         .filter_map(|p| starts.get(&p).copied())
@@ -726,7 +731,7 @@ fn run_worker(
         commit_interval: config.commit_interval,
     };
     tracing::info!(
-        worker = index,
+        topic = %spec.input.topic,
         partitions = ?mine.iter().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
         "worker assigned (partition, offset)"
     );
@@ -752,11 +757,7 @@ fn run_worker(
             for id in worker.installed_dataflows() {
                 worker.drop_dataflow(id);
             }
-            tracing::info!(
-                worker = index,
-                committed = state.borrow().committed,
-                "stopped on request"
-            );
+            tracing::info!(committed = state.borrow().committed, "stopped on request");
             return Ok(Outcome::Stopped);
         }
         let failure = if abort.load(Ordering::Relaxed) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::expr::Arg;
-use crate::spec::{Check, FieldType, PipelineSpec};
+use crate::spec::{Check, CorrelationSource, FieldType, PipelineSpec};
 
 /// Largest magnitude a decimal field may have. Sums of up to 10^10 such values still fit
 /// rust_decimal's 96-bit mantissa exactly.
@@ -74,13 +74,19 @@ pub struct Rejection {
     pub kind: ErrorKind,
     /// A sentence for the person reading the dead letter.
     pub reason: String,
+    /// The record's correlation id, when one was found (`[input] correlation_id`): from
+    /// its header, or from its field once the payload was read as a JSON object. Its dead
+    /// letter carries it.
+    pub correlation_id: Option<String>,
 }
 
 impl Rejection {
-    fn new(kind: ErrorKind, reason: impl Into<String>) -> Self {
+    /// A rejection of `kind`, without a correlation id.
+    pub fn new(kind: ErrorKind, reason: impl Into<String>) -> Self {
         Rejection {
             kind,
             reason: reason.into(),
+            correlation_id: None,
         }
     }
 }
@@ -105,6 +111,9 @@ pub struct Event {
     /// Per window, in `PipelineSpec::windows` order: the event's group and value there,
     /// or `None` when a filter keeps it out of that window.
     pub windows: Vec<Option<Grouped>>,
+    /// The correlation id the outputs of this event carry (`[input] correlation_id`), if
+    /// it has one.
+    pub correlation_id: Option<String>,
 }
 
 /// What one window takes from an event.
@@ -204,22 +213,37 @@ impl<'de> Visitor<'de> for Slots<'_> {
 
 /// Decodes and validates records for one dataflow.
 pub struct Decoder {
+    /// The members read: the declared fields (as many as `types`), then the correlation
+    /// field when it is not one of them.
     names: Vec<String>,
     types: Vec<FieldType>,
+    /// Which of `names` holds the correlation id, when it comes from a field.
+    correlation: Option<usize>,
     spec: PipelineSpec,
 }
 
 impl Decoder {
     /// A decoder for `spec`'s input.
     pub fn new(spec: &PipelineSpec) -> Self {
+        let mut names: Vec<String> = spec
+            .validation
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        let correlation = match spec.input.correlation.as_ref().map(|c| &c.source) {
+            Some(CorrelationSource::Field(field)) => {
+                Some(names.iter().position(|n| n == field).unwrap_or_else(|| {
+                    names.push(field.clone());
+                    names.len() - 1
+                }))
+            }
+            Some(CorrelationSource::Header(_)) | None => None,
+        };
         Decoder {
-            names: spec
-                .validation
-                .fields
-                .iter()
-                .map(|f| f.name.clone())
-                .collect(),
+            names,
             types: spec.validation.fields.iter().map(|f| f.ty).collect(),
+            correlation,
             spec: spec.clone(),
         }
     }
@@ -266,7 +290,24 @@ impl Decoder {
                     format!("payload is not valid JSON: {e}"),
                 )
             })?;
+        let correlation_id = self
+            .correlation
+            .and_then(|i| slots[i])
+            .and_then(|raw| correlation_text(raw.get()));
+        match self.event_of(&slots[..self.types.len()]) {
+            Ok(mut event) => {
+                event.correlation_id = correlation_id;
+                Ok(event)
+            }
+            Err(mut rejection) => {
+                rejection.correlation_id = correlation_id;
+                Err(rejection)
+            }
+        }
+    }
 
+    /// Validates the declared fields' values (`slots`, in declaration order) into an event.
+    fn event_of(&self, slots: &[Option<&RawValue>]) -> Result<Event, Rejection> {
         let mut values = Vec::with_capacity(slots.len());
         for (i, slot) in slots.iter().enumerate() {
             let name = &self.names[i];
@@ -416,7 +457,23 @@ impl Decoder {
             id,
             values: numbers,
             windows,
+            correlation_id: None,
         })
+    }
+}
+
+/// A correlation id as read from its member: a string's text, or a number as written;
+/// nothing for an empty string or any other JSON value.
+fn correlation_text(raw: &str) -> Option<String> {
+    if raw.starts_with('"') {
+        json_string("correlation_id", raw)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Cow::into_owned)
+    } else if is_number(raw) {
+        Some(raw.to_string())
+    } else {
+        None
     }
 }
 
@@ -874,6 +931,63 @@ late_topic = "l"
         assert_eq!(kind(&huge), ErrorKind::PayloadTooLarge);
         let deep = "[".repeat(100_000);
         assert_eq!(kind(deep.as_bytes()), ErrorKind::MalformedJson);
+    }
+
+    fn traced(field: &str) -> Decoder {
+        let text = include_str!("../dataflows/trades.toml").replace(
+            "start_from = \"earliest\"",
+            &format!("start_from = \"earliest\"\ncorrelation_id = {{ field = \"{field}\" }}"),
+        );
+        let spec = PipelineSpec::from_toml("traced", &text).expect("valid");
+        Decoder::new(&spec)
+    }
+
+    #[test]
+    fn correlation_ids_come_from_a_member_declared_or_not() {
+        let with_trace = |trace: &str| GOOD.replacen('{', &format!("{{\"trace_id\":{trace},"), 1);
+        let d = traced("trace_id");
+        let id = |p: &str| d.decode(Some(p.as_bytes())).expect("valid").correlation_id;
+        assert_eq!(id(&with_trace(r#""t-1""#)), Some("t-1".to_string()));
+        assert_eq!(
+            id(&with_trace(r#""t\u002d2""#)),
+            Some("t-2".to_string()),
+            "unescaped"
+        );
+        assert_eq!(
+            id(&with_trace("12.50")),
+            Some("12.50".to_string()),
+            "as written"
+        );
+        assert_eq!(id(&with_trace(r#""""#)), None, "empty");
+        assert_eq!(id(&with_trace("null")), None);
+        assert_eq!(id(&with_trace("{}")), None);
+        assert_eq!(id(GOOD), None, "absent");
+        // A declared field works too, and events are otherwise the same as without ids.
+        let e = traced("trade_id")
+            .decode(Some(GOOD.as_bytes()))
+            .expect("valid");
+        assert_eq!(e.correlation_id.as_deref(), Some("TRX-123456"));
+        let plain = decoder().decode(Some(GOOD.as_bytes())).expect("valid");
+        assert_eq!(
+            Event {
+                correlation_id: None,
+                ..e
+            },
+            plain
+        );
+        assert_eq!(plain.correlation_id, None, "not configured: no id");
+        // A record refused after its payload was read keeps its id; a malformed one has none.
+        let bad = with_trace(r#""t-3""#).replace("\"pending\"", "\"exploded\"");
+        let r = d.decode(Some(bad.as_bytes())).expect_err("rule violation");
+        assert_eq!(
+            (r.kind, r.correlation_id.as_deref()),
+            (ErrorKind::RuleViolation, Some("t-3"))
+        );
+        let cut = with_trace(r#""t-4""#);
+        let r = d
+            .decode(Some(&cut.as_bytes()[..cut.len() - 3]))
+            .expect_err("cut short");
+        assert_eq!((r.kind, r.correlation_id), (ErrorKind::MalformedJson, None));
     }
 
     proptest::proptest! {

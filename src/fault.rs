@@ -53,7 +53,11 @@ pub fn point(point: &str) {
         && f.point == point
         && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth
     {
-        eprintln!("waterline: fault point `{point}` reached (WATERLINE_FAULT): aborting");
+        if crate::logging::is_json() {
+            tracing::error!(point, "fault point reached (WATERLINE_FAULT): aborting");
+        } else {
+            eprintln!("waterline: fault point `{point}` reached (WATERLINE_FAULT): aborting");
+        }
         std::process::abort();
     }
 }

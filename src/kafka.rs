@@ -44,6 +44,20 @@ pub enum KafkaSetupError {
     },
 }
 
+/// Writes one of librdkafka's log lines through tracing, at the level rdkafka's default
+/// `ClientContext::log` uses, with target `librdkafka` and the facility as a field.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", fac, "{message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
 /// The options every client gets: bootstrap servers, then the config's pass-through
 /// properties (which may override anything set here).
 pub fn client_config(config: &Config) -> ClientConfig {

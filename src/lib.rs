@@ -17,14 +17,15 @@
 //! - [`source`] the source operator and its readers (Kafka, in-memory).
 //! - [`window`] assignment functions, accumulators, the window operator.
 //! - [`enrich`] the temporal join with a compacted reference topic.
-//! - [`output`] result, dead-letter and late-record encodings and routing.
+//! - [`output`] result, dead-letter and late-record encodings and routing;
+//!   [`correlation`] the correlation ids they carry as Kafka headers.
 //! - [`sink`] the sink operator and its writers (Kafka, in-memory).
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
 //! - [`cluster`] one job across several processes and hosts (timely's cluster mode).
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
-//! - [`metrics`] every Prometheus metric; [`progress_bar`] progress of long runs on a
-//!   terminal or in the logs.
+//! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines;
+//!   [`progress_bar`] progress of long runs on a terminal or in the logs.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod correlation;
 pub mod dedupe;
 pub mod demo;
 pub mod enrich;
@@ -41,6 +43,7 @@ pub mod fields;
 pub mod generate;
 pub mod http;
 pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -7,27 +7,19 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use waterline::app::{self, Outcome, RunOptions};
 use waterline::cli::{Cli, ClusterFlags, Command};
 use waterline::cluster::{self, Layout};
 use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
-use waterline::progress_bar::{self, Display, Reporter, Task};
+use waterline::progress_bar::{Display, Reporter, Task};
 use waterline::replay::StopAt;
 use waterline::source::SourceControl;
 use waterline::spec::PipelineSpec;
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(progress_bar::log_writer);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    waterline::logging::init(format, level);
 }
 
 /// SIGINT/SIGTERM set the returned flag; a second signal exits at once.
@@ -42,10 +34,22 @@ fn stop_signal() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An error found before the configuration is read is written as --log-format asks.
+    let flag = match &cli.command {
+        Command::Run(a) => a.settings.log_format.as_deref(),
+        Command::Produce(a) => a.settings.log_format.as_deref(),
+        Command::Config(a) => a.settings.log_format.as_deref(),
+        Command::Demo(_) => None,
+        Command::Cluster(a) => a.run.settings.log_format.as_deref(),
+    };
+    if flag == Some("json") {
+        waterline::logging::prefer(LogFormat::Json);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `error: …` on stderr, or one JSON line in JSON mode.
+            waterline::logging::fatal(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }
@@ -54,10 +58,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let spec = PipelineSpec::from_file(&args.dataflow)?;
             let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
             let layout = cluster_layout(&args.cluster)?;
             init_logging(config.log_format, &config.log_level);
+            let spec = PipelineSpec::from_file(&args.dataflow)?;
             let metrics = Metrics::new(&spec.name);
             let _http = match config.http_listen {
                 None => None,

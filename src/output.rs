@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Rejection;
+use crate::correlation::{Headers, record_headers};
 use crate::spec::{Aggregate, PipelineSpec, WindowSpec};
 use crate::time::rfc3339_ms;
 use crate::window::Accumulator;
@@ -30,6 +31,9 @@ pub struct OutRecord {
     /// Message value; empty for a tombstone (written as a null value). Every other
     /// output is a JSON document, never empty.
     pub payload: Vec<u8>,
+    /// Kafka headers, in order: correlation ids ([`crate::correlation`]). Empty (and
+    /// unallocated) without them. Last, so records sort as they did without headers.
+    pub headers: Headers,
 }
 
 /// The output topics of a dataflow, each with its partition count, indexed by `u16`.
@@ -196,6 +200,7 @@ pub fn dead_letter(
         partition: letter.source.partition.rem_euclid(n),
         key: key.map(<[u8]>::to_vec),
         payload: serde_json::to_vec(&letter).expect("a dead letter always serializes to JSON"),
+        headers: record_headers(rejection.correlation_id.as_deref()),
     }
 }
 
@@ -225,7 +230,8 @@ pub struct LateRecord<'a> {
     pub event: &'a serde_json::value::RawValue,
 }
 
-/// Encodes a late record for `window`, keyed like a result.
+/// Encodes a late record for `window`, keyed like a result, with the correlation id of
+/// its record as a header.
 #[allow(clippy::too_many_arguments)]
 pub fn late_record(
     spec: &PipelineSpec,
@@ -236,6 +242,7 @@ pub fn late_record(
     watermark: u64,
     source: SourceRef,
     payload: &[u8],
+    correlation_id: Option<&str>,
 ) -> OutRecord {
     let (start, end) = crate::window::assign(window.kind, event_time);
     let raw_text = std::str::from_utf8(payload).unwrap_or("null");
@@ -278,6 +285,7 @@ pub fn late_record(
         partition: topics.partition_for_key(topic, key.as_bytes()),
         key: Some(key.as_bytes().to_vec()),
         payload: serde_json::to_vec(&record).expect("a late record always serializes to JSON"),
+        headers: record_headers(correlation_id),
     }
 }
 
@@ -368,6 +376,14 @@ fn result_of(
     }
 }
 
+/// The headers of a result with aggregates `acc`: its correlation ids, if any.
+fn result_headers(acc: &Accumulator) -> Headers {
+    acc.ids
+        .as_ref()
+        .map(|ids| ids.headers())
+        .unwrap_or_default()
+}
+
 /// Encodes the final result of one (key, window) of an `emit = "final"` window; its
 /// message key is the group key.
 pub fn window_result(
@@ -386,6 +402,7 @@ pub fn window_result(
         partition: topics.partition_for_key(topic, key.as_bytes()),
         key: Some(key.as_bytes().to_vec()),
         payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
+        headers: result_headers(acc),
     }
 }
 
@@ -418,6 +435,7 @@ pub fn window_update(
         partition: topics.partition_for_key(topic, key.as_bytes()),
         key: Some(update_key(window, key, start)),
         payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
+        headers: result_headers(acc),
     }
 }
 
@@ -437,6 +455,7 @@ pub fn window_tombstone(
         partition: topics.partition_for_key(topic, key.as_bytes()),
         key: Some(update_key(window, key, start)),
         payload: Vec::new(),
+        headers: Headers::new(),
     }
 }
 

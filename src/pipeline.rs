@@ -192,6 +192,7 @@ pub fn run_in_memory_enriched(
     let abort = Arc::new(AtomicBool::new(false));
     let results = timely::execute(timely::Config::process(run.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
+        let _span = tracing::info_span!("worker", dataflow = %spec.name, worker = index).entered();
         let mine = partitions
             .iter()
             .filter(|(p, _)| *p as usize % peers == index)
@@ -242,7 +243,7 @@ pub fn run_in_memory_enriched(
             let failure = state.borrow_mut().error.take();
             if let Some(e) = &failure {
                 abort.store(true, Ordering::SeqCst);
-                tracing::debug!(worker = index, error = %e, "stopping");
+                tracing::debug!(error = %e, "stopping");
             }
             if failure.is_some() || abort.load(Ordering::SeqCst) {
                 for id in worker.installed_dataflows() {

@@ -154,17 +154,28 @@ pub fn topic(app_id: &str) -> String {
 
 /// A stable fingerprint of everything in a dataflow that shapes its output.
 pub fn fingerprint(spec: &PipelineSpec) -> String {
-    let mut canonical = spec.clone();
-    // Idleness changes when results appear, never what they are.
-    canonical.input.idle_timeout = Duration::ZERO;
-    // A dataflow without [enrich] keeps the fingerprint it had before enrichment existed.
-    let text = format!("{canonical:?}").replace(", enrich: None }", " }");
+    let text = canonical_text(spec);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// What [`fingerprint`] hashes.
+fn canonical_text(spec: &PipelineSpec) -> String {
+    let mut canonical = spec.clone();
+    // Idleness changes when results appear, never what they are.
+    canonical.input.idle_timeout = Duration::ZERO;
+    // Correlation ids change the headers outputs carry, never their keys or values; a
+    // job can start or stop carrying them and resume. Left out, the fingerprint is the one
+    // a dataflow had before correlation ids existed.
+    canonical.input.correlation = None;
+    // A dataflow without [enrich] keeps the fingerprint it had before enrichment existed.
+    format!("{canonical:?}")
+        .replace(", correlation: None }", " }")
+        .replace(", enrich: None }", " }")
 }
 
 /// What a job resumes from.
@@ -408,6 +419,30 @@ pub fn read(config: &Config, topic: &str) -> Result<BTreeMap<usize, Progress>, K
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn correlation_ids_leave_the_fingerprint_alone() {
+        let trades = include_str!("../dataflows/trades.toml");
+        let plain = PipelineSpec::from_toml("t", trades).expect("valid");
+        let traced = PipelineSpec::from_toml(
+            "t",
+            &trades.replace(
+                "start_from = \"earliest\"",
+                "start_from = \"earliest\"\ncorrelation_id = { header = \"traceparent\" }",
+            ),
+        )
+        .expect("valid");
+        assert!(traced.input.correlation.is_some());
+        assert_eq!(fingerprint(&plain), fingerprint(&traced));
+        // What the fingerprint hashes is what it hashed before correlation ids existed.
+        let text = canonical_text(&traced);
+        assert!(!text.contains("correlation"), "{text}");
+        assert!(text.contains("filter: None }"), "{text}");
+        let changed =
+            PipelineSpec::from_toml("t", &trades.replace("grace = \"10s\"", "grace = \"11s\""))
+                .expect("valid");
+        assert_ne!(fingerprint(&plain), fingerprint(&changed));
+    }
 
     fn record(worker: usize, frontier: u64, offset: i64) -> Progress {
         Progress {

@@ -13,6 +13,8 @@
 //! id_field = "trade_id"
 //! max_out_of_orderness = "5s"
 //! idle_timeout = "30s"
+//! correlation_id = { field = "trace_id" }   # or { header = "traceparent" }: optional
+//! correlation_ids_per_result = 16  # ids a window result carries (the smallest (t, id))
 //! [validation.fields]              # required fields and their types
 //! amount = "decimal"
 //! status = "string"
@@ -209,6 +211,39 @@ pub struct InputSpec {
     /// Only events for which this is true reach any window (others are skipped, not
     /// dead letters).
     pub filter: Option<Expr>,
+    /// Where each event's correlation id comes from, when configured (`correlation_id`).
+    pub correlation: Option<CorrelationSpec>,
+}
+
+/// Where an event's correlation id is read from: `correlation_id = { field = "trace_id" }`
+/// or `correlation_id = { header = "traceparent" }` in `[input]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorrelationSource {
+    /// A member of the JSON event, a string (or a number, taken as written). It need not
+    /// be declared in `[validation.fields]`; absent, null or empty means no id.
+    Field(String),
+    /// A Kafka header of the input record, taken as UTF-8 (invalid bytes replaced); also
+    /// found for records that are not valid events. Absent or empty means no id.
+    Header(String),
+}
+
+/// Carrying each event's correlation id to the outputs it contributes to: its dead letter
+/// or late record, and its window results (see [`crate::correlation::CorrelationIds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelationSpec {
+    /// Where the id comes from.
+    pub source: CorrelationSource,
+    /// How many ids a window result carries at most (`correlation_ids_per_result`,
+    /// default [`CorrelationSpec::DEFAULT_PER_RESULT`]): those of the smallest
+    /// (event time, id) pairs among its events.
+    pub per_result: usize,
+}
+
+impl CorrelationSpec {
+    /// The default number of ids per window result.
+    pub const DEFAULT_PER_RESULT: usize = 16;
+    /// The most ids a window result may carry.
+    pub const MAX_PER_RESULT: i64 = 256;
 }
 
 /// An aggregate computed per window.
@@ -422,6 +457,63 @@ impl PipelineSpec {
     }
 }
 
+/// Reads `correlation_id` and `correlation_ids_per_result` of `[input]`.
+fn read_correlation(
+    input: &Table,
+    fields: &[FieldSpec],
+    problems: &mut Problems,
+) -> Option<CorrelationSpec> {
+    let per_result = input.opt_integer(
+        "correlation_ids_per_result",
+        0..=CorrelationSpec::MAX_PER_RESULT,
+        problems,
+    );
+    let Some(t) = input.table("correlation_id", false, problems) else {
+        if per_result.is_some() && input.raw("correlation_id").is_none() {
+            problems.field(
+                &input.path_of("correlation_ids_per_result"),
+                "has no effect without `correlation_id`",
+            );
+        }
+        return None;
+    };
+    let field = t.opt_string("field", problems);
+    let header = t.opt_string("header", problems);
+    let source = match (field, header) {
+        (Some(name), None) => match fields.iter().find(|f| f.name == name) {
+            Some(f) if !matches!(f.ty, FieldType::String | FieldType::Integer) => {
+                problems.field(
+                    &t.path_of("field"),
+                    format!(
+                        "field `{name}` is declared as {} in validation.fields; a correlation \
+                         id is a string (or an integer)",
+                        f.ty.name()
+                    ),
+                );
+                None
+            }
+            _ => Some(CorrelationSource::Field(name)),
+        },
+        (None, Some(name)) => Some(CorrelationSource::Header(name)),
+        (Some(_), Some(_)) => {
+            problems.field(t.path(), "give `field` or `header`, not both");
+            None
+        }
+        (None, None) => {
+            problems.field(
+                t.path(),
+                "needs `field = \"<event member>\"` or `header = \"<Kafka header>\"`",
+            );
+            None
+        }
+    };
+    t.finish(problems);
+    Some(CorrelationSpec {
+        source: source?,
+        per_result: per_result.map_or(CorrelationSpec::DEFAULT_PER_RESULT, |n| n as usize),
+    })
+}
+
 fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
     let top = Table::new("", t);
     let name = top.string("name", problems);
@@ -488,6 +580,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
         let time_field = require(input, "event_time_field", FieldType::Timestamp, problems);
         let key_field = require(input, "key_field", FieldType::String, problems);
         let id_field = require(input, "id_field", FieldType::String, problems);
+        let correlation = read_correlation(input, &fields, problems);
         let ooo = input.duration("max_out_of_orderness", problems);
         let idle = input.duration("idle_timeout", problems);
         let filter = input.opt_string("filter", problems).and_then(|src| {
@@ -531,6 +624,7 @@ fn read_spec(t: &toml::Table, problems: &mut Problems) -> Option<PipelineSpec> {
                 idle_timeout: idle,
                 start_from,
                 filter,
+                correlation,
             });
         }
     }
@@ -1154,6 +1248,82 @@ late_topic = "l"
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn correlation_ids_are_read_and_bad_forms_named() {
+        let trades = include_str!("../dataflows/trades.toml");
+        let with = |lines: &str| {
+            trades.replace(
+                "start_from = \"earliest\"",
+                &format!("start_from = \"earliest\"\n{lines}"),
+            )
+        };
+        let spec = PipelineSpec::from_toml("t", trades).expect("valid");
+        assert_eq!(spec.input.correlation, None);
+        let spec = PipelineSpec::from_toml("t", &with("correlation_id = { field = \"trace_id\" }"))
+            .expect("valid");
+        assert_eq!(
+            spec.input.correlation,
+            Some(CorrelationSpec {
+                source: CorrelationSource::Field("trace_id".into()),
+                per_result: CorrelationSpec::DEFAULT_PER_RESULT,
+            })
+        );
+        assert!(
+            !spec.validation.fields.iter().any(|f| f.name == "trace_id"),
+            "an undeclared correlation field is not required"
+        );
+        let spec = PipelineSpec::from_toml(
+            "t",
+            &with("correlation_id = { header = \"traceparent\" }\ncorrelation_ids_per_result = 3"),
+        )
+        .expect("valid");
+        assert_eq!(
+            spec.input.correlation,
+            Some(CorrelationSpec {
+                source: CorrelationSource::Header("traceparent".into()),
+                per_result: 3,
+            })
+        );
+        for (lines, needle) in [
+            (
+                "correlation_id = \"trace_id\"",
+                "`input.correlation_id`: expected a table, found a string",
+            ),
+            (
+                "correlation_id = { }",
+                "`input.correlation_id`: needs `field",
+            ),
+            (
+                "correlation_id = { field = \"a\", header = \"b\" }",
+                "`input.correlation_id`: give `field` or `header`, not both",
+            ),
+            (
+                "correlation_id = { column = \"a\" }",
+                "`input.correlation_id.column`: is not a known setting",
+            ),
+            (
+                "correlation_id = { field = \"amount\" }",
+                "`input.correlation_id.field`: field `amount` is declared as decimal",
+            ),
+            (
+                "correlation_id = { header = \"\" }",
+                "`input.correlation_id.header`: must not be empty",
+            ),
+            (
+                "correlation_id = { field = \"t\" }\ncorrelation_ids_per_result = 300",
+                "`input.correlation_ids_per_result`: must be between 0 and 256",
+            ),
+            (
+                "correlation_ids_per_result = 4",
+                "`input.correlation_ids_per_result`: has no effect without `correlation_id`",
+            ),
+        ] {
+            let err = PipelineSpec::from_toml("t", &with(lines)).expect_err(lines);
+            let all = err.problems.join("\n");
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 
     #[test]

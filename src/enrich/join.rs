@@ -143,7 +143,7 @@ fn missing(
         "event_time_ms": event.time,
     })
     .to_string();
-    super::dead_letter(
+    let mut letter = super::dead_letter(
         spec,
         topics,
         "missing_reference",
@@ -164,5 +164,7 @@ fn missing(
         payload.as_bytes(),
         Some(event.key.as_bytes()),
         rejected_at,
-    )
+    );
+    letter.headers = crate::correlation::record_headers(event.correlation_id.as_deref());
+    letter
 }

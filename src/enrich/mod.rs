@@ -472,6 +472,7 @@ pub fn dead_letter(
         partition,
         key: key.map(<[u8]>::to_vec),
         payload: serde_json::to_vec(&letter).expect("a dead letter always serializes to JSON"),
+        headers: Vec::new(),
     }
 }
 
@@ -665,6 +666,7 @@ mod tests {
             id: "1".into(),
             values: vec![Decimal::from(10)],
             windows: Vec::new(),
+            correlation_id: None,
         };
         let row = ReferenceRow {
             values: vec![RefValue::Bool(false), RefValue::Dec(Decimal::from(3))],

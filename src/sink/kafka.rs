@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
@@ -30,9 +31,22 @@ pub struct DeliveryTracker {
     first_error: Arc<Mutex<Option<String>>>,
     metrics: Metrics,
     producer: ProducerMetrics,
+    /// The span the writer was created in (its worker's): the producer's own thread logs
+    /// librdkafka's lines inside it, so they name the worker too.
+    span: tracing::Span,
 }
 
 impl ClientContext for DeliveryTracker {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.span
+            .in_scope(|| crate::kafka::librdkafka_log(level, fac, message));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.span
+            .in_scope(|| tracing::error!(target: "librdkafka", error = %error, "{reason}"));
+    }
+
     /// The client's statistics (every `statistics.interval.ms`): queue depth and retries.
     fn stats(&self, statistics: Statistics) {
         let retries = statistics.brokers.values().map(|b| b.txretries).sum();
@@ -128,6 +142,7 @@ impl KafkaWriter {
                     p.reset();
                     p
                 },
+                span: tracing::Span::current(),
             })
             .map_err(|source| KafkaSetupError::Client {
                 what: "cannot create the Kafka producer".into(),
@@ -240,6 +255,18 @@ impl Writer for KafkaWriter {
         }
         if let Some(k) = &record.key {
             r = r.key(k);
+        }
+        if !record.headers.is_empty() {
+            let headers = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |headers, (name, value)| {
+                    headers.insert(Header {
+                        key: name.as_str(),
+                        value: Some(value.as_slice()),
+                    })
+                },
+            );
+            r = r.headers(headers);
         }
         loop {
             match self.producer.send(r) {

@@ -287,7 +287,7 @@ pub fn sink<'s, W: Writer + 'static>(
                                 .filter(|(p, _)| **p >= 0)
                                 .map(|(p, pos)| (*p, pos.offset)),
                         );
-                        tracing::debug!(worker = me, frontier, "committed");
+                        tracing::debug!(frontier, "committed");
                         committed = frontier;
                         last_commit = Instant::now();
                         state.borrow_mut().committed = frontier;

@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Polled, Reader, RecordRef};
+use super::{Polled, Reader, RecordHeaders, RecordRef};
 use crate::config::Config;
 use crate::kafka::{KafkaSetupError, client_config};
 use crate::metrics::Metrics;
@@ -35,8 +35,10 @@ struct PartitionState {
 
 /// Routes librdkafka's errors to tracing, except the end-of-partition notices that
 /// `enable.partition.eof` asks for: those are expected, and handled in [`KafkaReader::poll`].
+/// They are served by `poll` on the worker's thread, inside its span.
 pub struct SourceContext {
     metrics: Option<Metrics>,
+    topic: String,
 }
 
 impl ClientContext for SourceContext {
@@ -60,7 +62,7 @@ impl ClientContext for SourceContext {
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         ) {
-            tracing::error!(error = %error, reason, "Kafka consumer error");
+            tracing::error!(topic = %self.topic, error = %error, reason, "Kafka consumer error");
         }
     }
 }
@@ -113,7 +115,10 @@ impl KafkaReader {
             c.set(k, v);
         }
         let consumer: BaseConsumer<SourceContext> = c
-            .create_with_context(SourceContext { metrics })
+            .create_with_context(SourceContext {
+                metrics,
+                topic: topic.to_string(),
+            })
             .map_err(|source| KafkaSetupError::Client {
                 what: "cannot create the Kafka consumer".into(),
                 source,
@@ -266,6 +271,7 @@ impl Reader for KafkaReader {
                         timestamp_ms: m.timestamp().to_millis(),
                         key: m.key(),
                         payload: m.payload(),
+                        headers: RecordHeaders::Kafka(&m),
                     }));
                     if let Some(end) = state.end
                         && m.offset() + 1 >= end

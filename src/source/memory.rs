@@ -126,6 +126,7 @@ impl Reader for MemoryReader {
                     timestamp_ms: meta.and_then(|m| m.1),
                     key: meta.and_then(|m| m.0.as_deref()),
                     payload: records[*next].as_deref(),
+                    headers: Default::default(),
                 }));
                 *next += 1;
                 read += 1;

@@ -44,7 +44,7 @@ use crate::dedupe::Seen;
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, SourceRef, Topics};
 use crate::progress::{Note, Position, Replay, WatermarkMove};
-use crate::spec::PipelineSpec;
+use crate::spec::{CorrelationSource, PipelineSpec};
 use crate::time::watermark::{Hold, Watermarks};
 
 /// The watermark moves a source tells the sinks as its watermark rises to `t`: one for
@@ -91,6 +91,54 @@ pub struct RecordRef<'a> {
     pub key: Option<&'a [u8]>,
     /// Payload, `None` for a null value.
     pub payload: Option<&'a [u8]>,
+    /// Kafka headers, borrowed: nothing is parsed or copied unless one is looked up.
+    pub headers: RecordHeaders<'a>,
+}
+
+/// The headers of a record as read, looked up by name only when asked (for
+/// `[input] correlation_id = { header = "..." }`).
+#[derive(Clone, Copy, Default)]
+pub enum RecordHeaders<'a> {
+    /// No headers (or a reader that has none).
+    #[default]
+    None,
+    /// The headers of this Kafka message (librdkafka parses them on first access, so
+    /// a dataflow that never asks pays nothing for them).
+    Kafka(&'a rdkafka::message::BorrowedMessage<'a>),
+}
+
+impl<'a> RecordHeaders<'a> {
+    /// The value of the last header named `name` (Kafka allows repeated names; the last is
+    /// the latest, as `Headers.lastHeader` in Java), `None` when there is none or it is null.
+    pub fn last(&self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            RecordHeaders::None => None,
+            RecordHeaders::Kafka(message) => {
+                use rdkafka::message::{Headers, Message};
+                let headers: &'a rdkafka::message::BorrowedHeaders = message.headers()?;
+                // rdkafka panics on a header name that is not UTF-8; such a record is
+                // still processed, without an id from its headers.
+                std::panic::catch_unwind(|| {
+                    (0..headers.count())
+                        .rev()
+                        .filter_map(|i| headers.try_get(i))
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                })
+                .ok()
+                .flatten()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordHeaders::None => f.write_str("None"),
+            RecordHeaders::Kafka(_) => f.write_str("Kafka"),
+        }
+    }
 }
 
 /// What a reader reports.
@@ -231,6 +279,10 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let dedupe = spec.dedupe;
         let window_reach = spec.window_reach_ms();
         let mut seen: BTreeMap<i32, Seen> = BTreeMap::new();
+        let id_header = match spec.input.correlation.as_ref().map(|c| &c.source) {
+            Some(CorrelationSource::Header(name)) => Some(name.clone()),
+            _ => None,
+        };
         let counters: BTreeMap<i32, crate::metrics::PartitionCounters> = starts
             .iter()
             .map(|s| (s.partition, metrics.partition(&topic, s.partition)))
@@ -278,8 +330,24 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     moved.insert(r.partition);
                     let source =
                         || SourceRef::new(&topic, r.partition, r.offset, r.timestamp_ms, r.key);
+                    // Looked up only when the dataflow takes correlation ids from a header.
+                    let header_id = id_header
+                        .as_deref()
+                        .and_then(|name| r.headers.last(name))
+                        .filter(|v| !v.is_empty())
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
                     match decoder.decode(r.payload) {
-                        Err(rejection) => {
+                        Err(mut rejection) => {
+                            if header_id.is_some() {
+                                rejection.correlation_id = header_id;
+                            }
+                            tracing::debug!(
+                                partition = r.partition,
+                                offset = r.offset,
+                                kind = rejection.kind.as_str(),
+                                correlation_id = rejection.correlation_id.as_deref(),
+                                "dead letter"
+                            );
                             watermarks.touch(r.partition, now);
                             metrics.rejected(rejection.kind.as_str());
                             let letter = output::dead_letter(
@@ -294,7 +362,10 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             let wm = watermarks.watermark(r.partition).max(held);
                             side.entry(wm).or_default().push(Err(letter));
                         }
-                        Ok(event) => {
+                        Ok(mut event) => {
+                            if header_id.is_some() {
+                                event.correlation_id = header_id;
+                            }
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
                             // Windows the event does not reach: filtered out, or late.
                             let late = spec
@@ -315,6 +386,13 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                     seen.repeat(&event.id, event.time)
                                 });
                             if repeat {
+                                tracing::debug!(
+                                    partition = r.partition,
+                                    offset = r.offset,
+                                    id = %event.id,
+                                    correlation_id = event.correlation_id.as_deref(),
+                                    "duplicate"
+                                );
                                 metrics.duplicates_dropped.inc();
                                 if dedupe.is_some_and(|d| d.dead_letter) {
                                     metrics.dead_letter(ErrorKind::Duplicate.as_str());
@@ -324,6 +402,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                             "repeats the id `{}` of an earlier record of partition {} within the dedupe horizon",
                                             event.id, r.partition
                                         ),
+                                        correlation_id: event.correlation_id.clone(),
                                     };
                                     let letter = output::dead_letter(
                                         &spec,
@@ -344,6 +423,15 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                         continue;
                                     };
                                     if crate::window::is_late(w, event.time, wm) {
+                                        tracing::debug!(
+                                            partition = r.partition,
+                                            offset = r.offset,
+                                            window = %w.name,
+                                            event_time = event.time,
+                                            watermark = wm,
+                                            correlation_id = event.correlation_id.as_deref(),
+                                            "late record"
+                                        );
                                         windows[i].late.inc();
                                         let record = output::late_record(
                                             &spec,
@@ -354,6 +442,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                             wm,
                                             source(),
                                             r.payload.unwrap_or_default(),
+                                            event.correlation_id.as_deref(),
                                         );
                                         side.entry(wm).or_default().push(Err(record));
                                     }
@@ -416,7 +505,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             if announced != Some(state)
                 && let Some((_, announce_cap, _)) = caps.as_ref()
             {
-                tracing::trace!(worker, held = state.held, active = state.active, idle = ?watermarks.idle_partitions(), "watermark");
+                tracing::trace!(held = state.held, active = state.active, idle = ?watermarks.idle_partitions(), "watermark");
                 announce_out.activate().session(announce_cap).give(state);
                 announced = Some(state);
             }

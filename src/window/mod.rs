@@ -15,7 +15,8 @@ pub mod tumbling;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{WindowKind, WindowSpec};
+use crate::correlation::CorrelationIds;
+use crate::spec::{PipelineSpec, WindowKind, WindowSpec};
 
 /// The windows of `kind` that contain event time `t`, as `(start, end)`, latest first (for
 /// sessions: the interval the record opens; sessions merge in their own operator).
@@ -74,6 +75,12 @@ pub fn is_late(spec: &WindowSpec, t: u64, wm: u64) -> bool {
     }
 }
 
+/// How many correlation ids a window result of `spec` keeps (0 without correlation ids,
+/// when no event has one).
+pub fn ids_per_result(spec: &PipelineSpec) -> usize {
+    spec.input.correlation.as_ref().map_or(0, |c| c.per_result)
+}
+
 /// Exact running aggregates of one (key, window). Merging is associative and commutative,
 /// so the result does not depend on arrival order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +99,9 @@ pub struct Accumulator {
     /// Latest event time, epoch ms.
     #[serde(default)]
     pub last: u64,
+    /// The correlation ids of the events, once one had an id ([`crate::correlation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Box<CorrelationIds>>,
 }
 
 impl Accumulator {
@@ -104,6 +114,7 @@ impl Accumulator {
             max: v,
             first: t,
             last: t,
+            ids: None,
         }
     }
 
@@ -116,6 +127,7 @@ impl Accumulator {
             max: Decimal::MIN,
             first: u64::MAX,
             last: 0,
+            ids: None,
         }
     }
 
@@ -143,6 +155,19 @@ impl Accumulator {
         self.max = self.max.max(other.max);
         self.first = self.first.min(other.first);
         self.last = self.last.max(other.last);
+        match (&mut self.ids, &other.ids) {
+            (_, None) => {}
+            (None, Some(theirs)) => self.ids = Some(theirs.clone()),
+            (Some(ours), Some(theirs)) => ours.merge(theirs),
+        }
+    }
+
+    /// Counts the correlation id of an event at time `t` (its value was added already),
+    /// keeping at most `limit` ids.
+    pub fn add_id(&mut self, t: u64, id: &str, limit: usize) {
+        self.ids
+            .get_or_insert_with(|| Box::new(CorrelationIds::new(limit)))
+            .insert(t, id);
     }
 
     /// Last event time − first event time, ms.

@@ -43,7 +43,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::{Accumulator, close_time, end_of, windows_of};
+use super::{Accumulator, close_time, end_of, ids_per_result, windows_of};
 use crate::codec::Event;
 use crate::metrics::{GaugeShare, Metrics};
 use crate::output::{self, OutRecord, Topics};
@@ -107,6 +107,7 @@ pub fn windows<'s>(
             let mut share = GaugeShare::default();
             move |(input, frontier), output| {
                 let w = &spec.windows[index];
+                let id_limit = ids_per_result(&spec);
                 let out_port = output.output_index();
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
@@ -132,15 +133,22 @@ pub fn windows<'s>(
                                     let (_, pending) = changes.entry(at).or_insert_with(|| {
                                         (cap.delayed(&at, out_port), HashMap::new())
                                     });
-                                    pending
+                                    let delta = pending
                                         .entry((key.clone(), start, close))
-                                        .or_insert_with(Accumulator::empty)
-                                        .add(value, t);
+                                        .or_insert_with(Accumulator::empty);
+                                    delta.add(value, t);
+                                    if let Some(id) = &event.correlation_id {
+                                        delta.add_id(t, id, id_limit);
+                                    }
                                     continue;
                                 }
-                                accs.entry((key.clone(), start))
+                                let acc = accs
+                                    .entry((key.clone(), start))
                                     .and_modify(|acc| acc.add(value, t))
                                     .or_insert_with(|| Accumulator::of(value, t));
+                                if let Some(id) = &event.correlation_id {
+                                    acc.add_id(t, id, id_limit);
+                                }
                             }
                         }
                     }

@@ -58,9 +58,18 @@ struct Session {
     acc: Accumulator,
 }
 
-/// Per join time, the capability to emit at it and the records (key, t, value) that join
-/// then.
-type Joining = BTreeMap<u64, (Capability<u64>, Vec<(String, u64, Decimal)>)>;
+/// Per join time, the capability to emit at it and the records (key, t, value,
+/// correlation id) that join then.
+type Joining = BTreeMap<u64, (Capability<u64>, Vec<(String, u64, Decimal, Option<String>)>)>;
+
+/// The aggregates of one record at `t`, with its correlation id if it has one.
+fn record_acc(value: Decimal, t: u64, id: Option<&str>, id_limit: usize) -> Accumulator {
+    let mut acc = Accumulator::of(value, t);
+    if let Some(id) = id {
+        acc.add_id(t, id, id_limit);
+    }
+    acc
+}
 
 /// One key's open sessions, by start.
 type Sessions = BTreeMap<u64, Session>;
@@ -142,7 +151,7 @@ pub fn sessions<'s>(
             // key → start → session; and, to emit them, close time → (key, start).
             let mut open: HashMap<String, Sessions> = HashMap::new();
             let mut closing: Closing = BTreeMap::new();
-            // Updates mode: join time → the records (key, t, value) that join then.
+            // Updates mode: join time → the records (key, t, value, id) that join then.
             // Records join in time order, so each changelog step holds exactly the
             // records whose join time has passed.
             let mut joining: Joining = BTreeMap::new();
@@ -157,6 +166,7 @@ pub fn sessions<'s>(
                 else {
                     unreachable!("the session operator runs session windows only")
                 };
+                let id_limit = super::ids_per_result(&spec);
                 let out_port = output.output_index();
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
@@ -177,7 +187,12 @@ pub fn sessions<'s>(
                                         &mut closing,
                                         key,
                                         own,
-                                        Accumulator::of(value, event.time),
+                                        record_acc(
+                                            value,
+                                            event.time,
+                                            event.correlation_id.as_deref(),
+                                            id_limit,
+                                        ),
                                         max_duration_ms,
                                         w.grace_ms,
                                         |close| cap.delayed(&close, out_port),
@@ -189,7 +204,12 @@ pub fn sessions<'s>(
                                         .entry(at)
                                         .or_insert_with(|| (cap.delayed(&at, out_port), Vec::new()))
                                         .1
-                                        .push((key.clone(), event.time, value));
+                                        .push((
+                                            key.clone(),
+                                            event.time,
+                                            value,
+                                            event.correlation_id.clone(),
+                                        ));
                                 }
                             }
                         }
@@ -211,7 +231,7 @@ pub fn sessions<'s>(
                         let (cap, records) = joining.remove(&at).expect("the first join time");
                         // Each touched key's sessions before this step, to tell what changed.
                         let mut before: BTreeMap<String, Sessions> = BTreeMap::new();
-                        for (key, t, value) in records {
+                        for (key, t, value, id) in records {
                             let sessions = open.entry(key.clone()).or_default();
                             before
                                 .entry(key.clone())
@@ -221,7 +241,7 @@ pub fn sessions<'s>(
                                 &mut closing,
                                 &key,
                                 interval(gap_ms, max_duration_ms, t),
-                                Accumulator::of(value, t),
+                                record_acc(value, t, id.as_deref(), id_limit),
                                 max_duration_ms,
                                 w.grace_ms,
                                 |close| cap.delayed(&close),

@@ -82,6 +82,18 @@ pub fn create_topic(name: &str, partitions: i32) {
 pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 pub fn produce(topic: &str, partitions: &[Vec<KeyValue>]) {
+    let with_headers: Vec<Vec<(KeyValue, Headers)>> = partitions
+        .iter()
+        .map(|p| p.iter().map(|kv| (kv.clone(), Vec::new())).collect())
+        .collect();
+    produce_with_headers(topic, &with_headers);
+}
+
+/// Kafka headers: (name, value).
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// [`produce`], each record with its headers.
+pub fn produce_with_headers(topic: &str, partitions: &[Vec<(KeyValue, Headers)>]) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
@@ -90,13 +102,25 @@ pub fn produce(topic: &str, partitions: &[Vec<KeyValue>]) {
         .create()
         .expect("producer");
     for (p, records) in partitions.iter().enumerate() {
-        for (key, payload) in records {
+        for ((key, payload), headers) in records {
             let mut r = BaseRecord::<[u8], [u8]>::to(topic).partition(p as i32);
             if let Some(k) = key {
                 r = r.key(k);
             }
             if let Some(v) = payload {
                 r = r.payload(v);
+            }
+            if !headers.is_empty() {
+                let owned = headers.iter().fold(
+                    rdkafka::message::OwnedHeaders::new(),
+                    |h, (name, value)| {
+                        h.insert(rdkafka::message::Header {
+                            key: name,
+                            value: Some(value),
+                        })
+                    },
+                );
+                r = r.headers(owned);
             }
             loop {
                 match producer.send(r) {
@@ -129,6 +153,14 @@ pub type Consumed = (String, i32, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Everything committed to `topics`, read with `read_committed`, each partition in offset
 /// order: (topic, partition, key, payload, `None` for a null value).
 pub fn consume_all_records(topics: &[&str]) -> Vec<Consumed> {
+    consume_all_with_headers(topics)
+        .into_iter()
+        .map(|(record, _)| record)
+        .collect()
+}
+
+/// [`consume_all_records`], each record with its headers in order.
+pub fn consume_all_with_headers(topics: &[&str]) -> Vec<(Consumed, Headers)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
@@ -190,11 +222,23 @@ pub fn consume_all_records(topics: &[&str]) -> Vec<Consumed> {
         if ends.get(&k).is_some_and(|&high| m.offset() + 1 >= high) {
             ends.remove(&k);
         }
+        let headers = m
+            .headers()
+            .map(|h| {
+                use rdkafka::message::Headers as _;
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
         out.push((
-            m.topic().to_string(),
-            m.partition(),
-            m.key().map(<[u8]>::to_vec),
-            m.payload().map(<[u8]>::to_vec),
+            (
+                m.topic().to_string(),
+                m.partition(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+            ),
+            headers,
         ));
     }
     out
