@@ -174,6 +174,29 @@ fn the_committed_output_does_not_depend_on_the_layout() {
     ));
 }
 
+/// A child process killed when dropped, so a failing assertion leaves nothing running.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One process of a job of two (2 workers each), started with `waterline run`.
 fn spawn_process(
     process: usize,
@@ -182,10 +205,12 @@ fn spawn_process(
     app: &str,
     log: &Path,
     extra: &[&str],
-) -> Child {
-    command(process, dataflow, hosts, app, log, extra)
-        .spawn()
-        .expect("waterline starts")
+) -> Running {
+    Running(
+        command(process, dataflow, hosts, app, log, extra)
+            .spawn()
+            .expect("waterline starts"),
+    )
 }
 
 fn command(
@@ -294,7 +319,7 @@ fn killing_one_process_stops_the_others_and_a_restart_is_exact() {
     };
     let mut detections = Vec::new();
     for victim in [1usize, 0] {
-        let mut children: Vec<Child> = (0..2)
+        let mut children: Vec<Running> = (0..2)
             .map(|p| spawn_process(p, &dataflow, &hosts, &app, &logs[p], &[]))
             .collect();
         // Mid-run: after the job has committed output (or a few seconds).
@@ -408,13 +433,13 @@ fn a_retriable_failure_on_one_process_restarts_the_whole_job_in_process() {
         "--config",
         config.to_str().expect("utf-8"),
     ];
-    let mut children: Vec<Child> = (0..2)
+    let mut children: Vec<Running> = (0..2)
         .map(|p| {
             let mut c = command(p, &dataflow, &hosts, &app, &logs[p], &extra);
             if p == 0 {
                 c.env("WATERLINE_FAULT", "commit-fails:6");
             }
-            c.spawn().expect("waterline starts")
+            Running(c.spawn().expect("waterline starts"))
         })
         .collect();
     let log_of = |p: usize| std::fs::read_to_string(&logs[p]).unwrap_or_default();
@@ -476,7 +501,7 @@ fn sigterm_on_one_process_stops_every_process_cleanly() {
     let app = unique("stop-app");
     let logs = [dir.path().join("p0.log"), dir.path().join("p1.log")];
     let log_of = |p: usize| std::fs::read_to_string(&logs[p]).unwrap_or_default();
-    let mut children: Vec<Child> = (0..2)
+    let mut children: Vec<Running> = (0..2)
         .map(|p| spawn_process(p, &dataflow, &hosts, &app, &logs[p], &[]))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -206,6 +206,29 @@ fn can_run() -> bool {
     true
 }
 
+/// A child process killed when dropped, so a failing assertion leaves nothing running.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Job<'a> {
     hosts: &'a Hosts,
     hosts_file: PathBuf,
@@ -217,8 +240,8 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Process `i` of the job, inside namespace `i`.
-    fn spawn(&self, i: usize, extra: &[&str]) -> Child {
-        Command::new("ip")
+    fn spawn(&self, i: usize, extra: &[&str]) -> Running {
+        let child = Command::new("ip")
             .args(["netns", "exec", &self.hosts.namespaces[i]])
             .arg(env!("CARGO_BIN_EXE_waterline"))
             .args(["run", "--dataflow", self.dataflow.to_str().expect("utf-8")])
@@ -232,7 +255,8 @@ impl Job<'_> {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.logs[i]).expect("log file"))
             .spawn()
-            .expect("ip netns exec waterline starts")
+            .expect("ip netns exec waterline starts");
+        Running(child)
     }
 
     fn log(&self, i: usize) -> String {
@@ -287,7 +311,7 @@ fn two_processes_in_two_network_namespaces_run_one_job() {
         bootstrap: bootstrap.clone(),
         logs: [dir.path().join("a0.log"), dir.path().join("a1.log")],
     };
-    let mut children: Vec<Child> = (0..2).map(|i| job.spawn(i, &["--stop-at-end"])).collect();
+    let mut children: Vec<Running> = (0..2).map(|i| job.spawn(i, &["--stop-at-end"])).collect();
     for (i, c) in children.iter_mut().enumerate() {
         let status = wait_for(c, Duration::from_secs(120));
         assert!(
@@ -340,7 +364,7 @@ fn two_processes_in_two_network_namespaces_run_one_job() {
         logs: [dir.path().join("b0.log"), dir.path().join("b1.log")],
         ..job
     };
-    let mut children: Vec<Child> = (0..2).map(|i| job.spawn(i, &[])).collect();
+    let mut children: Vec<Running> = (0..2).map(|i| job.spawn(i, &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while committed(&out, &dlq, &late).windows.is_empty() {
         assert!(
@@ -372,7 +396,7 @@ fn two_processes_in_two_network_namespaces_run_one_job() {
     );
     assert!(!text.contains("panicked"), "no panic:\n{text}");
     hosts.set_link(1, true);
-    let mut children: Vec<Child> = (0..2).map(|i| job.spawn(i, &["--stop-at-end"])).collect();
+    let mut children: Vec<Running> = (0..2).map(|i| job.spawn(i, &["--stop-at-end"])).collect();
     for (i, c) in children.iter_mut().enumerate() {
         let status = wait_for(c, Duration::from_secs(180));
         assert!(
