@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real Apache Kafka broker for waterline's tests and local runs: a single-node KRaft
-# cluster (one JVM is both controller and broker) on 127.0.0.1, transactions enabled.
+# cluster (one JVM is both controller and broker) on 127.0.0.1 (or $KAFKA_HOST),
+# transactions enabled.
 #
 #   scripts/kafka.sh start              start it if needed, wait until it answers, print the
 #                                       bootstrap address (last line of stdout)
@@ -26,7 +27,10 @@
 #
 # Settings (environment):
 #   KAFKA_VERSION          Apache Kafka version, 4.x (default 4.2.1)
-#   KAFKA_PORT             client listener port on 127.0.0.1 (default 19092)
+#   KAFKA_HOST             address of the client listener, advertised to clients as is
+#                          (default 127.0.0.1; e.g. a bridge address that network
+#                          namespaces route to). The controller stays on 127.0.0.1.
+#   KAFKA_PORT             client listener port (default 19092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port on 127.0.0.1 (default 19093)
 #   KAFKA_DIR              data, logs, pid file, configuration (default <repo>/target/kafka)
 #   KAFKA_HEAP             JVM heap, -Xmx (default 1G)
@@ -43,6 +47,7 @@ repo=$(cd "$here/.." && pwd)
 conf=$here/kafka
 
 version=${KAFKA_VERSION:-4.2.1}
+host=${KAFKA_HOST:-127.0.0.1}
 port=${KAFKA_PORT:-19092}
 cport=${KAFKA_CONTROLLER_PORT:-19093}
 dir=$(realpath -m "${KAFKA_DIR:-$repo/target/kafka}")
@@ -51,7 +56,7 @@ start_timeout=${KAFKA_START_TIMEOUT:-90}
 stop_timeout=${KAFKA_STOP_TIMEOUT:-30}
 cache=${WATERLINE_CACHE:-$HOME/.cache/waterline}/kafka-$version
 lib=$cache/lib
-bootstrap=127.0.0.1:$port
+bootstrap=$host:$port
 pidfile=$dir/kafka.pid
 
 log() { echo "kafka.sh: $*" >&2; }
@@ -113,7 +118,7 @@ running_version() {
   tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | sed -n 's|.*/kafka-\([^/]*\)/lib/\*$|\1|p' | head -n 1
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
 # The broker answers: the port accepts connections and a client gets metadata from it.
 answers() {
@@ -126,6 +131,7 @@ answers() {
 write_config() {
   local t
   t=$(<"$conf/server.properties")
+  t=${t//@HOST@/$host}
   t=${t//@PORT@/$port}
   t=${t//@CONTROLLER_PORT@/$cport}
   t=${t//@DATA_DIR@/$dir/data}

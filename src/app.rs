@@ -6,6 +6,11 @@
 //! then reads its partitions (`p % W`), and its loop steps the dataflow until it is complete
 //! (bounded runs), a stop was requested (SIGINT/SIGTERM: flush what was written and exit;
 //! open windows are not emitted half-done), or a worker failed.
+//!
+//! A job of several processes ([`crate::cluster`]) runs the same start-up in each, with
+//! three differences: each fences only its own workers, all wait for each other after
+//! fencing, and process 0 alone reads the progress and resolves the offsets (the
+//! [`Plan`]), which it sends to the others.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cluster::{self, ClusterError, Mesh};
 use crate::config::Config;
 use crate::kafka::{self, KafkaSetupError, MAX_MESSAGE_BYTES, TopicRequest};
 use crate::metrics::Metrics;
@@ -27,6 +33,7 @@ use crate::source::SourceControl;
 use crate::source::kafka::KafkaReader;
 use crate::spec::{PipelineSpec, StartFrom};
 use rdkafka::consumer::Consumer;
+use serde::{Deserialize, Serialize};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,9 @@ pub enum RunError {
     /// Committed progress cannot be resumed by this run.
     #[error("cannot resume: {0}")]
     Recovery(String),
+    /// Another process of the job failed, was lost, or could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A worker failed while running.
     #[error("worker {worker} failed: {message}")]
     Worker {
@@ -53,8 +63,11 @@ pub enum RunError {
 /// How to run.
 #[derive(Clone)]
 pub struct RunOptions {
-    /// Worker threads.
+    /// Worker threads in this process.
     pub workers: usize,
+    /// This process's place in a job of several processes; `None`: the job is this
+    /// process alone.
+    pub cluster: Option<cluster::Layout>,
     /// Start here instead of the recorded positions or the dataflow's `start_from`.
     pub from: Option<StartAt>,
     /// Stop here: close every window, commit and exit (a bounded run).
@@ -104,6 +117,7 @@ impl RunError {
                 KafkaSetupError::MissingTopic(..) | KafkaSetupError::MissingOtherTopic { .. },
             ) => false,
             RunError::Start(_) | RunError::Recovery(_) => false,
+            RunError::Cluster(e) => e.is_retriable(),
             RunError::Worker { message, .. } => {
                 !(message.contains("fenced") || message.contains("cannot create the Kafka"))
             }
@@ -168,11 +182,71 @@ pub fn run_with_restarts(
     }
 }
 
-/// Runs `spec` against the Kafka cluster of `config`.
-pub fn run(
+/// Runs `spec` against the Kafka cluster of `config`: in this process alone, or as one
+/// process of the job `options.cluster` describes, after meeting the others.
+pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Outcome, RunError> {
+    let Some(layout) = options.cluster.clone() else {
+        return run_once(spec, config, options, None);
+    };
+    let hello = cluster::Hello {
+        protocol: cluster::PROTOCOL,
+        process: layout.process,
+        processes: layout.processes,
+        workers: options.workers,
+        app_id: config.app_id.clone(),
+        dataflow: spec.name.clone(),
+        fingerprint: progress::fingerprint(&spec),
+        hosts: layout.hosts.clone(),
+        bounded: options.until.is_some(),
+    };
+    // Every line this process writes names its place in the job.
+    let _span = tracing::info_span!("cluster", process = layout.process).entered();
+    let mesh = match Mesh::join(&layout, hello, Arc::clone(&options.shutdown)) {
+        Ok(mesh) => mesh,
+        Err(ClusterError::Stopped) => return Ok(Outcome::Stopped),
+        Err(e) => return Err(e.into()),
+    };
+    // A stop requested on any process stops every process.
+    let run_options = RunOptions {
+        shutdown: mesh.stop_flag(),
+        ..options
+    };
+    let result = run_once(spec, config, run_options, Some(&mesh));
+    // When a peer failed first, that is why this process stopped.
+    let result = match (result, mesh.failure()) {
+        (Err(RunError::Worker { message, .. }), Some(peer))
+            if message.contains("another worker failed") =>
+        {
+            Err(peer.into())
+        }
+        (result, _) => result,
+    };
+    mesh.finish(
+        result
+            .as_ref()
+            .err()
+            .map(|e| (e.to_string(), e.is_retriable())),
+    );
+    match result {
+        Err(RunError::Cluster(ClusterError::Stopped)) => Ok(Outcome::Stopped),
+        result => result,
+    }
+}
+
+/// What every process of a run starts from. Process 0 decides it for a job of several.
+#[derive(Debug, Serialize, Deserialize)]
+struct Plan {
+    recovery: Recovery,
+    starts: BTreeMap<i32, Position>,
+    ends: Option<BTreeMap<i32, i64>>,
+    reference: Option<ReferenceTopic>,
+}
+
+fn run_once(
     mut spec: PipelineSpec,
     config: Config,
     options: RunOptions,
+    mesh: Option<&Mesh>,
 ) -> Result<Outcome, RunError> {
     // Start-up lines name the dataflow; each worker enters a span of its own.
     let _span = tracing::info_span!("run", dataflow = %spec.name).entered();
@@ -267,8 +341,143 @@ pub fn run(
     }
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
-    crate::sink::kafka::fence(&config, options.workers)?;
-    let records = progress::read(&config, &progress_topic)?;
+    // Global worker indices: process I of a job runs workers I·N .. (I+1)·N.
+    let first_worker = mesh.map_or(0, |m| m.process() * options.workers);
+    let total_workers = options.workers * mesh.map_or(1, Mesh::processes);
+    crate::sink::kafka::fence_workers(&config, first_worker..first_worker + options.workers)?;
+    // No process may read the progress before every process has fenced its zombies.
+    if let Some(m) = mesh {
+        m.barrier("fenced")?;
+    }
+    let Plan {
+        recovery,
+        starts,
+        ends,
+        reference,
+    } = match mesh {
+        Some(m) if !m.is_leader() => m.receive_plan()?,
+        _ => {
+            let plan = plan(
+                &spec,
+                &config,
+                &options,
+                (total_workers, input_partitions),
+                (&probe, &progress_topic, &fingerprint),
+            )?;
+            if let Some(m) = mesh {
+                m.share_plan(&plan)?;
+            }
+            plan
+        }
+    };
+    if let (Some(ends), Ok(mut slot)) = (&ends, options.resolved_until.lock()) {
+        *slot = Some(ends.clone());
+    }
+    if let Some(ends) = &ends {
+        // What this process reads: the partitions of its workers.
+        let mine = |p: &i32| {
+            (first_worker..first_worker + options.workers).contains(&(*p as usize % total_workers))
+        };
+        let starts: BTreeMap<i32, Position> = starts
+            .iter()
+            .filter(|(p, _)| mine(p))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        options
+            .planned
+            .store(planned_records(&starts, ends), Ordering::Relaxed);
+    }
+    drop(probe);
+    let template = Progress {
+        dataflow: spec.name.clone(),
+        fingerprint,
+        workers: total_workers,
+        ..Progress::default()
+    };
+    tracing::info!(
+        topic = %spec.input.topic,
+        partitions = input_partitions,
+        workers = options.workers,
+        processes = mesh.map_or(1, Mesh::processes),
+        process = mesh.map_or(0, Mesh::process),
+        bounded,
+        "starting"
+    );
+
+    let spec = Arc::new(spec);
+    let config = Arc::new(config);
+    let topics = Arc::new(topics);
+    let abort = mesh.map_or_else(|| Arc::new(AtomicBool::new(false)), Mesh::abort_flag);
+    // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
+    let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
+        .then(|| config.commit_interval * config.ready_commit_intervals);
+    options
+        .metrics
+        .run_started(options.workers, max_commit_delay);
+    let work = {
+        let options = options.clone();
+        let abort = Arc::clone(&abort);
+        move |worker: &mut timely::worker::Worker| {
+            let result = run_worker(
+                worker,
+                &spec,
+                &config,
+                &topics,
+                input_partitions,
+                &options,
+                &abort,
+                (&recovery, &starts, &template, &progress_topic),
+                ends.as_ref(),
+                reference.as_ref(),
+            );
+            if result.is_err() {
+                abort.store(true, Ordering::SeqCst);
+            }
+            result
+        }
+    };
+    let guards = match mesh {
+        None => timely::execute(timely::Config::process(options.workers), work),
+        Some(m) => m.execute(work),
+    }
+    .map_err(|e| {
+        options.metrics.run_ended();
+        RunError::Start(e)
+    })?;
+
+    let joined = guards.join();
+    options.metrics.run_ended();
+    let mut outcome = Outcome::Completed;
+    let mut first_error = None;
+    for (worker, joined) in joined.into_iter().enumerate() {
+        let worker = first_worker + worker;
+        match joined {
+            Ok(Ok(Outcome::Stopped)) => outcome = Outcome::Stopped,
+            Ok(Ok(Outcome::Completed)) => {}
+            Ok(Err(message)) | Err(message) => {
+                if first_error.is_none() || !message.contains("another worker failed") {
+                    first_error = Some(RunError::Worker { worker, message });
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+/// Reads the committed progress and resolves where every partition starts and (bounded)
+/// stops, once for the whole job.
+fn plan(
+    spec: &PipelineSpec,
+    config: &Config,
+    options: &RunOptions,
+    (total_workers, input_partitions): (usize, i32),
+    (probe, progress_topic, fingerprint): (&rdkafka::consumer::BaseConsumer, &str, &str),
+) -> Result<Plan, RunError> {
+    let timeout = Duration::from_secs(30);
+    let records = progress::read(config, progress_topic)?;
     if !records.is_empty() && options.from.is_some() && !options.reset {
         return Err(RunError::Recovery(format!(
             "application `{}` has committed progress, which --from would override; add \
@@ -279,11 +488,11 @@ pub fn run(
     }
     let mut recovery = Recovery::from_records(
         &records,
-        options.workers,
+        total_workers,
         if options.reset {
             None
         } else {
-            Some(&fingerprint)
+            Some(fingerprint)
         },
     )
     .map_err(RunError::Recovery)?;
@@ -318,7 +527,7 @@ pub fn run(
     }
     // Every partition's start and bound, resolved once to exact offsets.
     let topic = &spec.input.topic;
-    let at_times = |t: i64| offsets_for_time(&probe, topic, input_partitions, t, timeout);
+    let at_times = |t: i64| offsets_for_time(probe, topic, input_partitions, t, timeout);
     let from_time = match &options.from {
         Some(StartAt::Time(t)) => Some(at_times(*t)?),
         _ => None,
@@ -369,9 +578,9 @@ pub fn run(
     }
     let ends: Option<BTreeMap<i32, i64>> = match &options.until {
         None => None,
-        Some(StopAt::End) => Some(high_watermarks(&probe, topic, input_partitions, timeout)?),
+        Some(StopAt::End) => Some(high_watermarks(probe, topic, input_partitions, timeout)?),
         Some(StopAt::Time(t)) => {
-            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            let mut ends = high_watermarks(probe, topic, input_partitions, timeout)?;
             ends.extend(at_times(*t)?);
             Some(ends)
         }
@@ -381,19 +590,11 @@ pub fn run(
                     "--until names partition {p}, but `{topic}` has {input_partitions} partitions"
                 )));
             }
-            let mut ends = high_watermarks(&probe, topic, input_partitions, timeout)?;
+            let mut ends = high_watermarks(probe, topic, input_partitions, timeout)?;
             ends.extend(given.iter().map(|(p, o)| (*p, *o)));
             Some(ends)
         }
     };
-    if let (Some(ends), Ok(mut slot)) = (&ends, options.resolved_until.lock()) {
-        *slot = Some(ends.clone());
-    }
-    if let Some(ends) = &ends {
-        options
-            .planned
-            .store(planned_records(&starts, ends), Ordering::Relaxed);
-    }
     if options.from.is_some() || options.until.is_some() {
         tracing::info!(
             starts = ?starts.values().map(|s| (s.partition, s.offset)).collect::<Vec<_>>(),
@@ -401,13 +602,12 @@ pub fn run(
             "replay: (partition, offset) to start from, and where to stop"
         );
     }
-    drop(probe);
     // The reference topic ([enrich]): every partition is read from its beginning (see
     // `crate::enrich`); a bounded run reads it to the end it has now.
     let reference = match &spec.enrich {
         None => None,
         Some(e) => {
-            let probe = kafka::metadata_consumer(&config)?;
+            let probe = kafka::metadata_consumer(config)?;
             let n = kafka::partition_count(&probe, &e.topic, timeout)?.ok_or_else(|| {
                 KafkaSetupError::MissingOtherTopic {
                     role: "reference",
@@ -423,76 +623,12 @@ pub fn run(
             Some((e.topic.clone(), n, ends))
         }
     };
-    let template = Progress {
-        dataflow: spec.name.clone(),
-        fingerprint,
-        workers: options.workers,
-        ..Progress::default()
-    };
-    tracing::info!(
-        topic = %spec.input.topic,
-        partitions = input_partitions,
-        workers = options.workers,
-        bounded,
-        "starting"
-    );
-
-    let spec = Arc::new(spec);
-    let config = Arc::new(config);
-    let topics = Arc::new(topics);
-    let abort = Arc::new(AtomicBool::new(false));
-    // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
-    let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
-        .then(|| config.commit_interval * config.ready_commit_intervals);
-    options
-        .metrics
-        .run_started(options.workers, max_commit_delay);
-    let guards = timely::execute(timely::Config::process(options.workers), {
-        let options = options.clone();
-        let abort = Arc::clone(&abort);
-        move |worker| {
-            let result = run_worker(
-                worker,
-                &spec,
-                &config,
-                &topics,
-                input_partitions,
-                &options,
-                &abort,
-                (&recovery, &starts, &template, &progress_topic),
-                ends.as_ref(),
-                reference.as_ref(),
-            );
-            if result.is_err() {
-                abort.store(true, Ordering::SeqCst);
-            }
-            result
-        }
+    Ok(Plan {
+        recovery,
+        starts,
+        ends,
+        reference,
     })
-    .map_err(|e| {
-        options.metrics.run_ended();
-        RunError::Start(e)
-    })?;
-
-    let joined = guards.join();
-    options.metrics.run_ended();
-    let mut outcome = Outcome::Completed;
-    let mut first_error = None;
-    for (worker, joined) in joined.into_iter().enumerate() {
-        match joined {
-            Ok(Ok(Outcome::Stopped)) => outcome = Outcome::Stopped,
-            Ok(Ok(Outcome::Completed)) => {}
-            Ok(Err(message)) | Err(message) => {
-                if first_error.is_none() || !message.contains("another worker failed") {
-                    first_error = Some(RunError::Worker { worker, message });
-                }
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(outcome),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,4 +1,4 @@
-//! The command line: `run`, `produce`, `demo`, `config`.
+//! The command line: `run`, `cluster`, `produce`, `demo`, `config`.
 //!
 //! Configuration flags ([`ConfigArgs`], [`RunSettingsArgs`]) are the last layer of
 //! [`crate::config`]; they are taken as text and validated there, so a bad flag value is
@@ -32,6 +32,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Run the trades dataflow on an embedded Kafka mock cluster: no broker needed.
     Demo(DemoArgs),
+    /// Run every process of a job of several processes on this host (for development):
+    /// `waterline run` once per process, with a hosts file on 127.0.0.1.
+    Cluster(ClusterArgs),
     /// Check the configuration `run` would use (files, environment, flags) and, with
     /// --print, print it as TOML with the layer each value came from.
     Config(ConfigCommandArgs),
@@ -174,6 +177,9 @@ pub struct RunArgs {
     #[command(flatten)]
     /// `run`'s own settings.
     pub run_settings: RunSettingsArgs,
+    /// One job across several processes and hosts.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
 }
 
 /// `waterline produce`.
@@ -280,6 +286,48 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+// --- several processes ------------------------------------------------------------------
+
+/// `waterline run` as one process of a job of several (timely's `-n`, `-p`, `-h`; `-w` is
+/// --workers). See `crate::cluster`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Several processes (one job across hosts)")]
+pub struct ClusterFlags {
+    /// Processes in the job; each runs --workers worker threads, so the job has
+    /// workers × processes workers, and partition p is read by global worker
+    /// p % (workers × processes). Every process needs the same --processes, --workers,
+    /// --hosts, dataflow and app id.
+    #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub processes: u16,
+    /// This process's index, 0 ≤ I < --processes (its line in --hosts). Required with
+    /// --processes above 1.
+    #[arg(long, short = 'p', value_name = "I")]
+    pub process: Option<u16>,
+    /// A file listing every process's host:port, one per line in process order (blank
+    /// lines and # comments are skipped). Each process listens on its own line.
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
+    /// Listen here instead of this process's line of --hosts (e.g. 0.0.0.0:7000 when the
+    /// listed name is not an address of this host).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// How long start-up waits for every other process before failing with the ones it
+    /// could not reach.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub cluster_timeout: Duration,
+}
+
+/// `waterline cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// What each process runs (--process, --hosts and --listen are set by the launcher).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Process i listens on 127.0.0.1:<base-port + i>.
+    #[arg(long, default_value_t = 2101)]
+    pub base_port: u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +363,38 @@ mod tests {
         ])
         .expect_err("two bounds");
         assert!(e.to_string().contains("--until"), "{e}");
+        let e = Cli::try_parse_from(["waterline", "run", "-d", "x", "--processes", "0"])
+            .expect_err("zero processes");
+        assert!(e.to_string().contains("--processes"), "{e}");
+        let e = Cli::try_parse_from(["waterline", "run", "-d", "x", "--cluster-timeout", "soon"])
+            .expect_err("not a duration");
+        assert!(e.to_string().contains("--cluster-timeout"), "{e}");
+    }
+
+    #[test]
+    fn cluster_flags_are_timely_s() {
+        let cli = Cli::try_parse_from([
+            "waterline",
+            "run",
+            "-d",
+            "x",
+            "-w",
+            "2",
+            "-n",
+            "3",
+            "-p",
+            "1",
+            "--hosts",
+            "h.txt",
+        ])
+        .expect("valid");
+        let Command::Run(args) = cli.command else {
+            panic!("a run")
+        };
+        assert_eq!(
+            (args.workers, args.cluster.processes, args.cluster.process),
+            (2, 3, Some(1))
+        );
+        assert_eq!(args.cluster.hosts, Some(PathBuf::from("h.txt")));
     }
 }

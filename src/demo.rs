@@ -178,6 +178,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         config,
         RunOptions {
             workers: args.workers as usize,
+            cluster: None,
             from: None,
             until: None,
             reset: false,

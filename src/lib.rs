@@ -21,6 +21,7 @@
 //!   [`correlation`] the correlation ids they carry as Kafka headers.
 //! - [`sink`] the sink operator and its writers (Kafka, in-memory).
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
+//! - [`cluster`] one job across several processes and hosts (timely's cluster mode).
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
 //! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines;
@@ -29,6 +30,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod correlation;

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use waterline::app::{self, Outcome, RunOptions};
-use waterline::cli::{Cli, Command};
+use waterline::cli::{Cli, ClusterFlags, Command};
+use waterline::cluster::{self, Layout};
 use waterline::config::{Config, Layered, LogFormat};
 use waterline::metrics::Metrics;
 use waterline::progress_bar::{Display, Reporter, Task};
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Produce(a) => a.settings.log_format.as_deref(),
         Command::Config(a) => a.settings.log_format.as_deref(),
         Command::Demo(_) => None,
+        Command::Cluster(a) => a.run.settings.log_format.as_deref(),
     };
     if flag == Some("json") {
         waterline::logging::prefer(LogFormat::Json);
@@ -57,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = Config::from_sources(&args.settings.sources(Some(&args.run_settings)))?;
+            let layout = cluster_layout(&args.cluster)?;
             init_logging(config.log_format, &config.log_level);
             let spec = PipelineSpec::from_file(&args.dataflow)?;
             let metrics = Metrics::new(&spec.name);
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 RunOptions {
                     workers: args.workers as usize,
+                    cluster: layout,
                     from: args.from,
                     until,
                     reset: args.reset,
@@ -161,5 +165,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             waterline::demo::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cluster(args) => launch_cluster(&args),
     }
+}
+
+/// The job of several processes the flags describe (`None`: this process alone).
+fn cluster_layout(flags: &ClusterFlags) -> anyhow::Result<Option<Layout>> {
+    Ok(Layout::from_flags(
+        usize::from(flags.processes),
+        flags.process.map(usize::from),
+        flags.hosts.as_deref(),
+        flags.listen.as_deref(),
+        flags.cluster_timeout,
+    )?)
+}
+
+/// `waterline cluster`: every process of the job on this host.
+fn launch_cluster(args: &waterline::cli::ClusterArgs) -> anyhow::Result<ExitCode> {
+    let flags = &args.run.cluster;
+    if flags.process.is_some() || flags.hosts.is_some() || flags.listen.is_some() {
+        anyhow::bail!(
+            "waterline cluster sets --process, --hosts and --listen for each process itself; \
+             leave them out (or start each process with `waterline run`)"
+        );
+    }
+    // The run's own checks, once, before starting processes that would all fail alike.
+    PipelineSpec::from_file(&args.run.dataflow)?;
+    let config = Config::from_sources(&args.run.settings.sources(Some(&args.run.run_settings)))?;
+    let argv: Vec<String> = std::env::args().collect();
+    let launch = cluster::launch::Launch {
+        processes: usize::from(flags.processes),
+        base_port: args.base_port,
+        http_listen: config.http_listen,
+        run_args: cluster::launch::run_args(&argv)?,
+    };
+    let code = cluster::launch::run(&launch, &stop_signal()?)?;
+    Ok(ExitCode::from(code))
 }

@@ -115,7 +115,7 @@ pub enum Note {
 }
 
 /// How a resumed partition replays the idleness decisions of the run that committed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replay {
     /// Before reading each offset, raise the watermark to at least this.
     pub moves: BTreeMap<i64, u64>,
@@ -179,7 +179,7 @@ fn canonical_text(spec: &PipelineSpec) -> String {
 }
 
 /// What a job resumes from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {
     /// Each worker's committed frontier (0 for a worker that never committed).
     pub frontiers: Vec<u64>,
@@ -212,7 +212,8 @@ impl Recovery {
             if p.workers != workers {
                 return Err(format!(
                     "the job's progress was committed by {} workers and this run has {workers}; \
-                     run with -w {} (each worker owns its output partitions' commits; a new \
+                     run with -w {} (with several processes: workers per process × \
+                     --processes; each worker owns its output partitions' commits; a new \
                      worker count needs a new application id)",
                     p.workers, p.workers
                 ));

@@ -179,11 +179,20 @@ impl KafkaWriter {
 /// a commit in flight to be written out. Afterwards the progress topic's committed end is
 /// its end, so reading it is not missing a commit whose markers were still on their way.
 pub fn fence(config: &Config, workers: usize) -> Result<(), KafkaSetupError> {
+    fence_workers(config, 0..workers)
+}
+
+/// [`fence`] for the global worker indices `workers` only: in a job of several processes,
+/// each fences its own workers, and never a live process's.
+pub fn fence_workers(
+    config: &Config,
+    workers: std::ops::Range<usize>,
+) -> Result<(), KafkaSetupError> {
     if config.guarantee != Guarantee::ExactlyOnce {
         return Ok(());
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
+        let handles: Vec<_> = workers
             .map(|worker| {
                 scope.spawn(move || {
                     let mut c = client_config(config);
