@@ -306,6 +306,7 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                     value: amount,
                 })],
                 correlation_id: None,
+                appended_ms: 0,
             };
             input.send((event, wm));
             max_seen = max_seen.max(time);

@@ -114,6 +114,10 @@ pub struct Event {
     /// The correlation id the outputs of this event carry (`[input] correlation_id`), if
     /// it has one.
     pub correlation_id: Option<String>,
+    /// The Kafka timestamp of its record (epoch ms, 0 unknown), for the `since="append"`
+    /// latency; no part of any output.
+    #[serde(default)]
+    pub appended_ms: u64,
 }
 
 /// What one window takes from an event.
@@ -458,6 +462,7 @@ impl Decoder {
             values: numbers,
             windows,
             correlation_id: None,
+            appended_ms: 0,
         })
     }
 }

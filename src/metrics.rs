@@ -49,10 +49,11 @@
 //! wall clock minus each written record's event time (a window result's is its close, end +
 //! grace; a dead letter's the watermark it was rejected at), so its p99 is what a consumer of
 //! the outputs waits beyond event time. `since="append"` is the commit's wall clock minus the
-//! Kafka timestamp of input records whose restart position the commit covers: by then the
-//! record's effect on every window has been committed, so it includes the window's length.
+//! greatest Kafka timestamp of the input records an output stems from (a dead letter's or a
+//! late record's own record; a window result's latest record), as Kafka Streams measures its
+//! record end-to-end latency; for a window result it includes the wait for its close.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,8 +71,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 const COMMIT_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Append-time samples kept per partition until a commit covers them.
-const MAX_SAMPLES: usize = 4096;
 /// A worker whose source has not polled for this long is not consuming.
 const POLL_STALE: Duration = Duration::from_secs(30);
 
@@ -132,9 +131,6 @@ struct Live {
     workers: BTreeMap<usize, WorkerLive>,
     /// The run in progress, if any.
     run: Option<RunLive>,
-    /// Per input partition, (offset, Kafka timestamp ms) of records read and not yet
-    /// covered by a commit.
-    appended: BTreeMap<i32, VecDeque<(i64, i64)>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -608,7 +604,6 @@ impl Metrics {
     pub fn run_started(&self, workers: usize, max_commit_delay: Option<Duration>) {
         let mut live = lock(&self.live);
         live.workers.clear();
-        live.appended.clear();
         live.run = Some(RunLive {
             workers,
             max_commit_delay,
@@ -636,15 +631,13 @@ impl Metrics {
 
     /// A source worker polled its partitions. `partitions` gives, for each, its next
     /// offset, watermark and whether it is idle; `held` is the worker's watermark
-    /// (`u64::MAX` once released); `appended` the (partition, offset, Kafka timestamp) of
-    /// the last record read from each partition in this poll.
+    /// (`u64::MAX` once released).
     pub fn source_polled(
         &self,
         worker: usize,
         topic: &str,
         partitions: impl Iterator<Item = (i32, i64, u64, bool)>,
         held: u64,
-        appended: &[(i32, i64, i64)],
     ) {
         let mut live = lock(&self.live);
         if let Some(w) = live.workers.get_mut(&worker) {
@@ -656,13 +649,6 @@ impl Metrics {
             slot.next = Some(next);
             slot.watermark_ms = watermark;
             slot.idle = idle;
-        }
-        for &(p, offset, ts) in appended {
-            let q = live.appended.entry(p).or_default();
-            if q.len() >= MAX_SAMPLES {
-                q.pop_front();
-            }
-            q.push_back((offset, ts));
         }
     }
 
@@ -687,13 +673,14 @@ impl Metrics {
     }
 
     /// Worker `worker` committed in `took`: records at the event times `written` (time,
-    /// count) and restart positions `positions` (partition → next offset) are durable.
+    /// count) are durable, stemming from inputs appended to Kafka at `appended` (epoch ms,
+    /// one per record that has one).
     pub fn committed(
         &self,
         worker: usize,
         took: Duration,
         written: &[(u64, u64)],
-        positions: impl Iterator<Item = (i32, i64)>,
+        appended: &[u64],
     ) {
         let w = worker.to_string();
         self.commits.with_label_values(&[&w]).inc();
@@ -716,23 +703,13 @@ impl Metrics {
         }
         event_time.flush();
         let append = self.latency.with_label_values(&["append"]).local();
-        {
-            let mut live = lock(&self.live);
-            for (p, offset) in positions {
-                let Some(q) = live.appended.get_mut(&p) else {
-                    continue;
-                };
-                while q.front().is_some_and(|(o, _)| *o < offset) {
-                    if let Some((_, ts)) = q.pop_front() {
-                        append.observe(now_ms.saturating_sub(ts.max(0) as u64) as f64 / 1000.0);
-                    }
-                }
-            }
-            if let Some(w) = live.workers.get_mut(&worker) {
-                w.due_since = None;
-            }
+        for &ts in appended {
+            append.observe(now_ms.saturating_sub(ts) as f64 / 1000.0);
         }
         append.flush();
+        if let Some(w) = lock(&self.live).workers.get_mut(&worker) {
+            w.due_since = None;
+        }
     }
 
     /// Worker `worker`'s commit failed.
@@ -924,7 +901,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         let e = m.readiness().expect_err("overdue");
         assert!(e.contains("worker 1"), "{e}");
-        m.committed(1, Duration::from_millis(3), &[], std::iter::empty());
+        m.committed(1, Duration::from_millis(3), &[], &[]);
         assert_eq!(m.readiness(), Ok(()));
         m.run_ended();
         assert!(m.readiness().is_err());
@@ -937,7 +914,7 @@ mod tests {
         m.worker_assigned(0);
         let _ = m.partition("in", 0);
         let wm = epoch_ms() - 10_000;
-        m.source_polled(0, "in", [(0, 40, wm, true)].into_iter(), wm, &[(0, 39, 1)]);
+        m.source_polled(0, "in", [(0, 40, wm, true)].into_iter(), wm);
         m.partition_end("in", 0, 100);
         let text = m.render();
         let p0 = [("topic", "in"), ("partition", "0")];
@@ -951,13 +928,8 @@ mod tests {
         assert!((9.0..60.0).contains(&lag), "{lag}");
         let p_lag = sample(&text, "waterline_partition_watermark_lag_seconds", &p0);
         assert!(p_lag.is_some_and(|l| (9.0..60.0).contains(&l)), "{p_lag:?}");
-        // A commit covering offset 40 observes the sample at 39, and one per record written.
-        m.committed(
-            0,
-            Duration::from_millis(1),
-            &[(wm, 2)],
-            [(0, 40)].into_iter(),
-        );
+        // A commit observes each record written and each append time.
+        m.committed(0, Duration::from_millis(1), &[(wm, 2)], &[wm - 5_000]);
         let text = m.render();
         let count = "waterline_end_to_end_latency_seconds_count";
         assert_eq!(

@@ -34,6 +34,9 @@ pub struct OutRecord {
     /// Kafka headers, in order: correlation ids ([`crate::correlation`]). Empty (and
     /// unallocated) without them. Last, so records sort as they did without headers.
     pub headers: Headers,
+    /// The greatest Kafka timestamp (epoch ms) of the input records this output stems from,
+    /// 0 when unknown; not written, only measured (`since="append"` latency).
+    pub appended_ms: u64,
 }
 
 /// The output topics of a dataflow, each with its partition count, indexed by `u16`.
@@ -199,9 +202,15 @@ pub fn dead_letter(
         topic,
         partition: letter.source.partition.rem_euclid(n),
         key: key.map(<[u8]>::to_vec),
-        payload: serde_json::to_vec(&letter).expect("a dead letter always serializes to JSON"),
         headers: record_headers(rejection.correlation_id.as_deref()),
+        appended_ms: appended(&letter.source),
+        payload: serde_json::to_vec(&letter).expect("a dead letter always serializes to JSON"),
     }
+}
+
+/// The Kafka timestamp of the record `source` names, as an append time for the metrics.
+pub fn appended(source: &SourceRef) -> u64 {
+    source.timestamp_ms.map_or(0, |t| t.max(0) as u64)
 }
 
 /// A late record as written to the late topic.
@@ -279,6 +288,7 @@ pub fn late_record(
         source,
         event,
     };
+    let appended_ms = appended(&record.source);
     let topic = topics.late;
     OutRecord {
         topic,
@@ -286,6 +296,7 @@ pub fn late_record(
         key: Some(key.as_bytes().to_vec()),
         payload: serde_json::to_vec(&record).expect("a late record always serializes to JSON"),
         headers: record_headers(correlation_id),
+        appended_ms,
     }
 }
 
@@ -403,6 +414,7 @@ pub fn window_result(
         key: Some(key.as_bytes().to_vec()),
         payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
         headers: result_headers(acc),
+        appended_ms: acc.appended_ms,
     }
 }
 
@@ -436,6 +448,7 @@ pub fn window_update(
         key: Some(update_key(window, key, start)),
         payload: serde_json::to_vec(&result).expect("a window result always serializes to JSON"),
         headers: result_headers(acc),
+        appended_ms: acc.appended_ms,
     }
 }
 
@@ -456,6 +469,7 @@ pub fn window_tombstone(
         key: Some(update_key(window, key, start)),
         payload: Vec::new(),
         headers: Headers::new(),
+        appended_ms: 0,
     }
 }
 

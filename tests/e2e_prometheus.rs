@@ -352,6 +352,22 @@ fn prometheus_scrapes_a_running_job_and_its_series_move_as_they_should() {
     )
     .unwrap_or(0.0);
     assert!(latency > 0.0, "latency observations: {latency}");
+    // Every dead letter, late record and window result committed was measured from the
+    // Kafka timestamps of its inputs, which the producer set to the wall clock.
+    let appended = scalar(
+        prometheus_at,
+        r#"sum(waterline_end_to_end_latency_seconds_count{job="waterline",since="append"})"#,
+    )
+    .unwrap_or(0.0);
+    let written = scalar(
+        prometheus_at,
+        r#"sum(waterline_records_written_total{job="waterline"})"#,
+    )
+    .unwrap_or(0.0);
+    assert!(
+        appended > 0.0 && appended <= written,
+        "append latency observations {appended}, records written {written}"
+    );
     wait_for(
         prometheus_at,
         r#"waterline_ready{job="waterline"}"#,

@@ -166,5 +166,6 @@ fn missing(
         rejected_at,
     );
     letter.headers = crate::correlation::record_headers(event.correlation_id.as_deref());
+    letter.appended_ms = event.appended_ms;
     letter
 }

@@ -471,6 +471,7 @@ pub fn dead_letter(
         topic,
         partition,
         key: key.map(<[u8]>::to_vec),
+        appended_ms: crate::output::appended(&letter.source),
         payload: serde_json::to_vec(&letter).expect("a dead letter always serializes to JSON"),
         headers: Vec::new(),
     }
@@ -667,6 +668,7 @@ mod tests {
             values: vec![Decimal::from(10)],
             windows: Vec::new(),
             correlation_id: None,
+            appended_ms: 0,
         };
         let row = ReferenceRow {
             values: vec![RefValue::Bool(false), RefValue::Dec(Decimal::from(3))],

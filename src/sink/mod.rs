@@ -239,8 +239,10 @@ pub fn sink<'s, W: Writer + 'static>(
             let due = frontier == u64::MAX || last_commit.elapsed() >= config.commit_interval;
             if frontier > committed && due {
                 let mut w = writer.borrow_mut();
-                // (event time, records) written in this commit, for the latency metric.
+                // (event time, records) written in this commit, and the append times of
+                // their inputs, for the latency metric.
                 let mut written: Vec<(u64, u64)> = Vec::new();
+                let mut appended: Vec<u64> = Vec::new();
                 while let Some(entry) = pending.first_entry() {
                     if *entry.key() >= frontier {
                         break;
@@ -250,6 +252,9 @@ pub fn sink<'s, W: Writer + 'static>(
                     records.sort_unstable();
                     for r in &records {
                         w.write(r);
+                        if r.appended_ms > 0 {
+                            appended.push(r.appended_ms);
+                        }
                     }
                     written.push((time, records.len() as u64));
                 }
@@ -277,16 +282,7 @@ pub fn sink<'s, W: Writer + 'static>(
                 let result = w.commit(&progress);
                 match result {
                     Ok(()) => {
-                        metrics.committed(
-                            me,
-                            started.elapsed(),
-                            &written,
-                            progress
-                                .positions
-                                .iter()
-                                .filter(|(p, _)| **p >= 0)
-                                .map(|(p, pos)| (*p, pos.offset)),
-                        );
+                        metrics.committed(me, started.elapsed(), &written, &appended);
                         tracing::debug!(frontier, "committed");
                         committed = frontier;
                         last_commit = Instant::now();

@@ -289,8 +289,6 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             .collect();
         let windows: Vec<crate::metrics::WindowMetrics> =
             spec.windows.iter().map(|w| metrics.window(&w.name)).collect();
-        // The last (offset, Kafka timestamp) read from each partition since the last report.
-        let mut appended: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
         let mut reported: Option<Instant> = None;
         let mut dedupe_reported = 0i64;
         move |_frontiers| {
@@ -322,9 +320,6 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             (r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len))
                                 as u64,
                         );
-                    }
-                    if let Some(ts) = r.timestamp_ms {
-                        appended.insert(r.partition, (r.offset, ts));
                     }
                     next.insert(r.partition, r.offset + 1);
                     moved.insert(r.partition);
@@ -366,6 +361,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             if header_id.is_some() {
                                 event.correlation_id = header_id;
                             }
+                            event.appended_ms = r.timestamp_ms.map_or(0, |t| t.max(0) as u64);
                             let wm = watermarks.observe(r.partition, event.time, now).max(held);
                             // Windows the event does not reach: filtered out, or late.
                             let late = spec
@@ -541,10 +537,6 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         (*p, *offset, watermarks.watermark(*p), idle.contains(p))
                     }),
                     state.held,
-                    &std::mem::take(&mut appended)
-                        .into_iter()
-                        .map(|(p, (offset, ts))| (p, offset, ts))
-                        .collect::<Vec<_>>(),
                 );
                 let remembered = seen.values().map(Seen::len).sum::<usize>() as i64;
                 metrics

@@ -102,6 +102,14 @@ pub struct Accumulator {
     /// The correlation ids of the events, once one had an id ([`crate::correlation`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Box<CorrelationIds>>,
+    /// The greatest Kafka timestamp of the events (epoch ms, 0 unknown), for the
+    /// `since="append"` latency; no part of any result.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub appended_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Accumulator {
@@ -115,6 +123,7 @@ impl Accumulator {
             first: t,
             last: t,
             ids: None,
+            appended_ms: 0,
         }
     }
 
@@ -128,6 +137,7 @@ impl Accumulator {
             first: u64::MAX,
             last: 0,
             ids: None,
+            appended_ms: 0,
         }
     }
 
@@ -155,11 +165,17 @@ impl Accumulator {
         self.max = self.max.max(other.max);
         self.first = self.first.min(other.first);
         self.last = self.last.max(other.last);
+        self.appended_ms = self.appended_ms.max(other.appended_ms);
         match (&mut self.ids, &other.ids) {
             (_, None) => {}
             (None, Some(theirs)) => self.ids = Some(theirs.clone()),
             (Some(ours), Some(theirs)) => ours.merge(theirs),
         }
+    }
+
+    /// Notes the Kafka timestamp of an event added (epoch ms, 0 unknown).
+    pub fn note_appended(&mut self, appended_ms: u64) {
+        self.appended_ms = self.appended_ms.max(appended_ms);
     }
 
     /// Counts the correlation id of an event at time `t` (its value was added already),

@@ -137,6 +137,7 @@ pub fn windows<'s>(
                                         .entry((key.clone(), start, close))
                                         .or_insert_with(Accumulator::empty);
                                     delta.add(value, t);
+                                    delta.note_appended(event.appended_ms);
                                     if let Some(id) = &event.correlation_id {
                                         delta.add_id(t, id, id_limit);
                                     }
@@ -146,6 +147,7 @@ pub fn windows<'s>(
                                     .entry((key.clone(), start))
                                     .and_modify(|acc| acc.add(value, t))
                                     .or_insert_with(|| Accumulator::of(value, t));
+                                acc.note_appended(event.appended_ms);
                                 if let Some(id) = &event.correlation_id {
                                     acc.add_id(t, id, id_limit);
                                 }

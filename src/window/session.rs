@@ -60,11 +60,25 @@ struct Session {
 
 /// Per join time, the capability to emit at it and the records (key, t, value,
 /// correlation id) that join then.
-type Joining = BTreeMap<u64, (Capability<u64>, Vec<(String, u64, Decimal, Option<String>)>)>;
+type Joining = BTreeMap<
+    u64,
+    (
+        Capability<u64>,
+        Vec<(String, u64, Decimal, Option<String>, u64)>,
+    ),
+>;
 
-/// The aggregates of one record at `t`, with its correlation id if it has one.
-fn record_acc(value: Decimal, t: u64, id: Option<&str>, id_limit: usize) -> Accumulator {
+/// The aggregates of one record at `t`, with its correlation id if it has one and its
+/// Kafka timestamp.
+fn record_acc(
+    value: Decimal,
+    t: u64,
+    id: Option<&str>,
+    id_limit: usize,
+    appended_ms: u64,
+) -> Accumulator {
     let mut acc = Accumulator::of(value, t);
+    acc.note_appended(appended_ms);
     if let Some(id) = id {
         acc.add_id(t, id, id_limit);
     }
@@ -192,6 +206,7 @@ pub fn sessions<'s>(
                                             event.time,
                                             event.correlation_id.as_deref(),
                                             id_limit,
+                                            event.appended_ms,
                                         ),
                                         max_duration_ms,
                                         w.grace_ms,
@@ -209,6 +224,7 @@ pub fn sessions<'s>(
                                             event.time,
                                             value,
                                             event.correlation_id.clone(),
+                                            event.appended_ms,
                                         ));
                                 }
                             }
@@ -231,7 +247,7 @@ pub fn sessions<'s>(
                         let (cap, records) = joining.remove(&at).expect("the first join time");
                         // Each touched key's sessions before this step, to tell what changed.
                         let mut before: BTreeMap<String, Sessions> = BTreeMap::new();
-                        for (key, t, value, id) in records {
+                        for (key, t, value, id, appended_ms) in records {
                             let sessions = open.entry(key.clone()).or_default();
                             before
                                 .entry(key.clone())
@@ -241,7 +257,7 @@ pub fn sessions<'s>(
                                 &mut closing,
                                 &key,
                                 interval(gap_ms, max_duration_ms, t),
-                                record_acc(value, t, id.as_deref(), id_limit),
+                                record_acc(value, t, id.as_deref(), id_limit, appended_ms),
                                 max_duration_ms,
                                 w.grace_ms,
                                 |close| cap.delayed(&close),
