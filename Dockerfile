@@ -30,10 +30,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- run ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
-# The binary links only libc, libgcc_s, libm and zlib (all in the base image); CA
-# certificates are for brokers reached over TLS.
+# The binary links libc, libgcc_s, libm and zlib (all in the base image) and OpenSSL
+# (libssl3, for TLS and SCRAM); CA certificates are for brokers reached over TLS.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin waterline
 WORKDIR /app
