@@ -189,8 +189,10 @@ mod tests {
     /// TLS and SASL settings reach librdkafka, which accepts them: the build has OpenSSL.
     #[test]
     fn tls_and_sasl_properties_pass_through_to_the_clients() {
-        let mut config = Config::default();
-        config.bootstrap_servers = "127.0.0.1:1".into();
+        let mut config = Config {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            ..Config::default()
+        };
         for (k, v) in [
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanisms", "SCRAM-SHA-512"),
