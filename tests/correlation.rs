@@ -541,12 +541,6 @@ fn updates_carry_the_ids_so_far_and_finals_the_recomputed_ones() {
 /// commits, each record once.
 #[test]
 fn ids_survive_crashes_and_replays_exactly_once() {
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-    use waterline::pipeline::MemoryRun;
-    use waterline::progress::{self, Progress, Recovery};
-    use waterline::sink::memory::Committed;
-
     let spec = spec(TRACED, "");
     let topics = Topics::new(&spec, |_| OUT_PARTITIONS);
     let workers = 2;
@@ -557,52 +551,8 @@ fn ids_survive_crashes_and_replays_exactly_once() {
         .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
         .collect();
     let whole = comparable(&run(&spec, &input, workers, 3));
-    let mut committed_all: Vec<OutRecord> = Vec::new();
-    let mut recovery = Recovery::fresh(workers);
-    let mut crashes = 0;
-    for fail_after in [Some(3), Some(6), None] {
-        let committed = Arc::new(Mutex::new(Committed::default()));
-        let memory_run = MemoryRun {
-            workers,
-            chunk: 3,
-            recovery: recovery.clone(),
-            fail_after_commits: fail_after,
-            commit_interval: Duration::from_millis(1),
-            stalls: Vec::new(),
-        };
-        let result = pipeline::run_in_memory_with(
-            &spec,
-            &topics,
-            parts.clone(),
-            &memory_run,
-            Arc::clone(&committed),
-        );
-        let c = std::mem::take(&mut *committed.lock().expect("lock"));
-        committed_all.extend(c.records);
-        match (fail_after, result) {
-            (None, r) => r.expect("the last run completes"),
-            (Some(_), Err(_)) => crashes += 1,
-            (Some(_), Ok(())) => {}
-        }
-        let mut latest = BTreeMap::new();
-        for p in c.progress {
-            latest.insert(p.worker, p);
-        }
-        for (w, f) in recovery.frontiers.iter().enumerate() {
-            latest.entry(w).or_insert_with(|| Progress {
-                dataflow: spec.name.clone(),
-                fingerprint: progress::fingerprint(&spec),
-                worker: w,
-                workers,
-                frontier: *f,
-                positions: recovery.positions.clone(),
-                ..Default::default()
-            });
-        }
-        latest.retain(|_, p| p.frontier > 0);
-        recovery = Recovery::from_records(&latest, workers, Some(&progress::fingerprint(&spec)))
-            .expect("same job");
-    }
+    let (committed_all, crashes) =
+        common::run_with_crashes(&spec, &topics, &parts, workers, &[Some(3), Some(6), None]);
     assert_eq!(crashes, 2, "both runs crashed mid-way");
     let got = comparable(&committed_all);
     assert!(got.iter().any(|r| !r.headers.is_empty()));

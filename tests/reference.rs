@@ -366,7 +366,7 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use waterline::pipeline::MemoryRun;
-    use waterline::progress::{self, Recovery};
+    use waterline::progress::Recovery;
     use waterline::sink::memory::Committed;
 
     let spec = spec();
@@ -400,10 +400,7 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
         )
         .expect("completes");
         let n = (counted.lock().expect("lock").progress.len() / workers).max(8);
-        let mut committed_all: Vec<OutRecord> = Vec::new();
-        let mut recovery = Recovery::fresh(workers);
-        let mut crashes = 0;
-        for fail_after in [
+        let runs = [
             Some(1),
             Some(n / 4),
             Some(n / 8),
@@ -411,53 +408,9 @@ fn crashes_and_recovery_commit_every_output_exactly_once() {
             Some(n / 3),
             Some(n / 2),
             None,
-        ] {
-            let committed = Arc::new(Mutex::new(Committed::default()));
-            let run = MemoryRun {
-                workers,
-                chunk: 3,
-                recovery: recovery.clone(),
-                fail_after_commits: fail_after,
-                commit_interval: Duration::from_millis(1),
-                stalls: Vec::new(),
-            };
-            let result = pipeline::run_in_memory_with(
-                &spec,
-                &topics,
-                parts.clone(),
-                &run,
-                Arc::clone(&committed),
-            );
-            let c = std::mem::take(&mut *committed.lock().expect("lock"));
-            committed_all.extend(c.records);
-            match (fail_after, result) {
-                (None, r) => r.expect("the last run completes"),
-                (Some(_), Err(_)) => crashes += 1,
-                (Some(_), Ok(())) => {}
-            }
-            // Resume from each worker's latest committed record, as recovery does.
-            let mut latest = std::collections::BTreeMap::new();
-            for p in c.progress {
-                latest.insert(p.worker, p);
-            }
-            for (w, f) in recovery.frontiers.iter().enumerate() {
-                latest
-                    .entry(w)
-                    .or_insert_with(|| waterline::progress::Progress {
-                        dataflow: spec.name.clone(),
-                        fingerprint: progress::fingerprint(&spec),
-                        worker: w,
-                        workers,
-                        frontier: *f,
-                        positions: recovery.positions.clone(),
-                        ..Default::default()
-                    });
-            }
-            latest.retain(|_, p| p.frontier > 0);
-            recovery =
-                Recovery::from_records(&latest, workers, Some(&progress::fingerprint(&spec)))
-                    .expect("same job");
-        }
+        ];
+        let (committed_all, crashes) =
+            common::run_with_crashes(&spec, &topics, &parts, workers, &runs);
         assert!(
             crashes >= 2,
             "the runs crashed mid-way ({crashes} crashes), seed {seed}"

@@ -10,6 +10,8 @@
 //! shown so far, when they changed; a window's last record is its final value
 //! (`"final": true`) or, for a session merged into an earlier-starting one, a tombstone.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
@@ -466,7 +468,7 @@ fn changelogs_survive_crashes_exactly_once_and_in_order() {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use waterline::pipeline::MemoryRun;
-    use waterline::progress::{self, Progress, Recovery};
+    use waterline::progress::Recovery;
     use waterline::sink::memory::Committed;
 
     let spec = spec(0);
@@ -499,53 +501,15 @@ fn changelogs_survive_crashes_exactly_once_and_in_order() {
         let commits = (whole.progress.len() / workers).max(8);
         let expected = collect(&whole.records, &topics);
 
-        let mut committed_all: Vec<OutRecord> = Vec::new();
-        let mut recovery = Recovery::fresh(workers);
-        let mut crashes = 0;
-        for fail_after in [
+        let runs = [
             Some(2),
             Some(commits / 4),
             Some(commits / 3),
             Some(commits / 2),
             None,
-        ] {
-            let committed = Arc::new(Mutex::new(Committed::default()));
-            let run = memory_run(recovery.clone(), fail_after);
-            let result = pipeline::run_in_memory_with(
-                &spec,
-                &topics,
-                parts.clone(),
-                &run,
-                Arc::clone(&committed),
-            );
-            let c = std::mem::take(&mut *committed.lock().expect("lock"));
-            committed_all.extend(c.records);
-            match (fail_after, result) {
-                (None, r) => r.expect("the last run completes"),
-                (Some(_), Err(_)) => crashes += 1,
-                (Some(_), Ok(())) => {}
-            }
-            // Resume from each worker's latest committed record, as recovery does.
-            let mut latest = BTreeMap::new();
-            for p in c.progress {
-                latest.insert(p.worker, p);
-            }
-            for (w, f) in recovery.frontiers.iter().enumerate() {
-                latest.entry(w).or_insert_with(|| Progress {
-                    dataflow: spec.name.clone(),
-                    fingerprint: progress::fingerprint(&spec),
-                    worker: w,
-                    workers,
-                    frontier: *f,
-                    positions: recovery.positions.clone(),
-                    ..Default::default()
-                });
-            }
-            latest.retain(|_, p| p.frontier > 0);
-            recovery =
-                Recovery::from_records(&latest, workers, Some(&progress::fingerprint(&spec)))
-                    .expect("same job");
-        }
+        ];
+        let (committed_all, crashes) =
+            common::run_with_crashes(&spec, &topics, &parts, workers, &runs);
         assert!(
             crashes >= 2,
             "seed {seed}: the runs crashed ({crashes} crashes)"

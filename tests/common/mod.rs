@@ -324,3 +324,70 @@ pub fn assert_matches(got: &Expected, expected: &Expected, what: &str) {
         .collect();
     assert!(extra.is_empty(), "unexpected windows, {what}: {extra:?}");
 }
+
+/// Runs `parts` through `spec` in memory with `workers` workers (3 records at a time,
+/// committing every millisecond), once per entry of `runs`: a run with `Some(n)` fails every
+/// worker's commits after its `n`-th, like a crash, and each run resumes from the progress
+/// the runs before it committed, as recovery does; `None` runs to completion. Returns every
+/// record any run committed, and how many runs crashed.
+pub fn run_with_crashes(
+    spec: &waterline::spec::PipelineSpec,
+    topics: &waterline::output::Topics,
+    parts: &[(i32, Vec<Option<Vec<u8>>>)],
+    workers: usize,
+    runs: &[Option<usize>],
+) -> (Vec<waterline::output::OutRecord>, usize) {
+    use std::sync::{Arc, Mutex};
+    use waterline::pipeline::{self, MemoryRun};
+    use waterline::progress::{self, Progress, Recovery};
+    use waterline::sink::memory::Committed;
+
+    let mut committed_all = Vec::new();
+    let mut recovery = Recovery::fresh(workers);
+    let mut crashes = 0;
+    for fail_after in runs.iter().copied() {
+        let committed = Arc::new(Mutex::new(Committed::default()));
+        let run = MemoryRun {
+            workers,
+            chunk: 3,
+            recovery: recovery.clone(),
+            fail_after_commits: fail_after,
+            commit_interval: std::time::Duration::from_millis(1),
+            stalls: Vec::new(),
+        };
+        let result = pipeline::run_in_memory_with(
+            spec,
+            topics,
+            parts.to_vec(),
+            &run,
+            Arc::clone(&committed),
+        );
+        let c = std::mem::take(&mut *committed.lock().expect("lock"));
+        committed_all.extend(c.records);
+        match (fail_after, result) {
+            (None, r) => r.expect("the last run completes"),
+            (Some(_), Err(_)) => crashes += 1,
+            (Some(_), Ok(())) => {}
+        }
+        // Resume from each worker's latest committed record, as recovery does.
+        let mut latest = BTreeMap::new();
+        for p in c.progress {
+            latest.insert(p.worker, p);
+        }
+        for (w, f) in recovery.frontiers.iter().enumerate() {
+            latest.entry(w).or_insert_with(|| Progress {
+                dataflow: spec.name.clone(),
+                fingerprint: progress::fingerprint(spec),
+                worker: w,
+                workers,
+                frontier: *f,
+                positions: recovery.positions.clone(),
+                ..Default::default()
+            });
+        }
+        latest.retain(|_, p| p.frontier > 0);
+        recovery = Recovery::from_records(&latest, workers, Some(&progress::fingerprint(spec)))
+            .expect("same job");
+    }
+    (committed_all, crashes)
+}
