@@ -540,6 +540,8 @@ fn plan(
                 what: format!("cannot read the offsets of {topic}/{p}"),
                 source,
             })?;
+        // Consumer lag is known from the start, before the client's first statistics.
+        options.metrics.partition_end(topic, p, high);
         let default = match spec.input.start_from {
             StartFrom::Earliest => low,
             StartFrom::Latest => high,

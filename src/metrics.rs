@@ -142,6 +142,8 @@ struct PartitionLive {
     /// End offset (last stable offset) from the client's statistics.
     end: Option<i64>,
     idle: bool,
+    /// A source of this process reads it.
+    read_here: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -500,8 +502,9 @@ impl Metrics {
     pub fn records_read(&self) -> u64 {
         lock(&self.live)
             .partitions
-            .keys()
-            .fold(0, |sum, (topic, p)| {
+            .iter()
+            .filter(|(_, state)| state.read_here)
+            .fold(0, |sum, ((topic, p), _)| {
                 sum + self
                     .records_read
                     .with_label_values(&[topic.as_str(), &p.to_string()])
@@ -541,7 +544,8 @@ impl Metrics {
         lock(&self.live)
             .partitions
             .entry((topic.to_string(), partition))
-            .or_default();
+            .or_default()
+            .read_here = true;
         let p = partition.to_string();
         PartitionCounters {
             records: self.records_read.with_label_values(&[topic, &p]),
@@ -652,12 +656,14 @@ impl Metrics {
         }
     }
 
-    /// The Kafka client's statistics gave `end` (the last stable offset) for a partition.
+    /// `end` is where input partition `partition` of `topic` ends now: its high watermark at
+    /// start-up, then the last stable offset from the Kafka client's statistics.
     pub fn partition_end(&self, topic: &str, partition: i32, end: i64) {
-        let mut live = lock(&self.live);
-        if let Some(slot) = live.partitions.get_mut(&(topic.to_string(), partition)) {
-            slot.end = Some(end);
-        }
+        lock(&self.live)
+            .partitions
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .end = Some(end);
     }
 
     /// Worker `worker`'s sink has (or no longer has) a commit due.
@@ -775,9 +781,12 @@ impl Metrics {
                     .with_label_values(&labels)
                     .set((end - next).max(0));
             }
-            self.partition_idle
-                .with_label_values(&labels)
-                .set(i64::from(state.idle));
+            // Partitions another process reads are not this process's to report.
+            if state.read_here {
+                self.partition_idle
+                    .with_label_values(&labels)
+                    .set(i64::from(state.idle));
+            }
         }
         let least = live
             .workers
