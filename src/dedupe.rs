@@ -14,12 +14,52 @@
 
 use std::collections::HashMap;
 
+/// The event times one id was seen at: nearly always one, so it is kept inline and a
+/// record costs one allocation (its id) rather than two.
+#[derive(Debug)]
+enum Times {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Times {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Times::One(t) => std::slice::from_ref(t),
+            Times::Many(ts) => ts,
+        }
+    }
+
+    fn add(&mut self, time: u64) {
+        match self {
+            Times::One(t) if *t != time => *self = Times::Many(vec![*t, time]),
+            Times::One(_) => {}
+            Times::Many(ts) if !ts.contains(&time) => ts.push(time),
+            Times::Many(_) => {}
+        }
+    }
+
+    /// Keeps the times at or after `oldest`; says whether any is left.
+    fn keep_from(&mut self, oldest: u64) -> bool {
+        match self {
+            Times::One(t) => *t >= oldest,
+            Times::Many(ts) => {
+                ts.retain(|t| *t >= oldest);
+                !ts.is_empty()
+            }
+        }
+    }
+}
+
 /// The ids one partition has seen, with their event times.
+///
+/// Hashed with foldhash (randomly seeded), not std's SipHash: the map is looked up once per
+/// record, and SipHash was most of dedupe's cost. Its iteration order reaches no output.
 #[derive(Debug, Default)]
 pub struct Seen {
     horizon: u64,
     keep: u64,
-    ids: HashMap<Box<str>, Vec<u64>>,
+    ids: HashMap<Box<str>, Times, foldhash::fast::RandomState>,
     /// The watermark of the last sweep.
     swept_at: u64,
 }
@@ -38,14 +78,15 @@ impl Seen {
     pub fn repeat(&mut self, id: &str, time: u64) -> bool {
         match self.ids.get_mut(id) {
             Some(times) => {
-                let repeat = times.iter().any(|t| t.abs_diff(time) <= self.horizon);
-                if !times.contains(&time) {
-                    times.push(time);
-                }
+                let repeat = times
+                    .as_slice()
+                    .iter()
+                    .any(|t| t.abs_diff(time) <= self.horizon);
+                times.add(time);
                 repeat
             }
             None => {
-                self.ids.insert(id.into(), vec![time]);
+                self.ids.insert(id.into(), Times::One(time));
                 false
             }
         }
@@ -59,10 +100,7 @@ impl Seen {
         }
         self.swept_at = watermark;
         let oldest = watermark.saturating_sub(self.keep);
-        self.ids.retain(|_, times| {
-            times.retain(|t| *t >= oldest);
-            !times.is_empty()
-        });
+        self.ids.retain(|_, times| times.keep_from(oldest));
     }
 
     /// How many ids are remembered.
@@ -115,5 +153,19 @@ mod tests {
         s.forget_before(16_500);
         assert_eq!(s.len(), 1);
         assert!(!s.repeat("old", 10_000), "forgotten");
+    }
+
+    #[test]
+    fn an_id_seen_at_several_times_keeps_the_recent_ones_when_old_ones_are_forgotten() {
+        let mut s = Seen::new(1_000, 0);
+        assert!(!s.repeat("a", 10_000));
+        assert!(!s.repeat("a", 13_000), "outside the horizon of the first");
+        s.forget_before(13_500);
+        assert_eq!(s.len(), 1, "13 000 is kept");
+        assert!(s.repeat("a", 13_900), "within the horizon of the kept time");
+        assert!(
+            !s.repeat("a", 11_000),
+            "10 000 was forgotten, 13 000 is too far"
+        );
     }
 }

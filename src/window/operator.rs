@@ -60,7 +60,25 @@ pub fn key_hash(key: &str) -> u64 {
     h
 }
 
-type Open = HashMap<(String, u64), Accumulator>;
+/// The windows closing at one time, by key: every window of a tumbling or hopping spec that
+/// closes at `end + grace` starts at the same time, so the key alone names one, and a
+/// record looks its window up by `&str` without cloning the key. Each entry holds its
+/// window's start.
+type Open = HashMap<String, (u64, Accumulator), foldhash::fast::RandomState>;
+
+/// The accumulator of `key`'s window starting at `start` among `accs`, created empty.
+fn totals<'a>(accs: &'a mut Open, key: &str, start: u64) -> &'a mut Accumulator {
+    if accs.contains_key(key) {
+        let (at, acc) = accs.get_mut(key).expect("the key was just found");
+        debug_assert_eq!(*at, start, "windows closing together start together");
+        acc
+    } else {
+        &mut accs
+            .entry(key.to_string())
+            .or_insert((start, Accumulator::empty()))
+            .1
+    }
+}
 
 /// Per update time, the capability to emit at it and the changes that show then, per
 /// (key, window start, close time).
@@ -124,12 +142,11 @@ pub fn windows<'s>(
                                     break; // this one and every earlier one have closed
                                 }
                                 let (_, accs) = open.entry(close).or_insert_with(|| {
-                                    (cap.delayed(&close, out_port), HashMap::new())
+                                    (cap.delayed(&close, out_port), Open::default())
                                 });
                                 if let Emit::Updates { interval_ms } = w.emit {
                                     let at = update_time(event.time, wm, interval_ms, close);
-                                    accs.entry((key.clone(), start))
-                                        .or_insert_with(Accumulator::empty);
+                                    totals(accs, key, start);
                                     let (_, pending) = changes.entry(at).or_insert_with(|| {
                                         (cap.delayed(&at, out_port), HashMap::new())
                                     });
@@ -143,10 +160,8 @@ pub fn windows<'s>(
                                     }
                                     continue;
                                 }
-                                let acc = accs
-                                    .entry((key.clone(), start))
-                                    .and_modify(|acc| acc.add(value, t))
-                                    .or_insert_with(|| Accumulator::of(value, t));
+                                let acc = totals(accs, key, start);
+                                acc.add(value, t);
                                 acc.note_appended(event.appended_ms);
                                 if let Some(id) = &event.correlation_id {
                                     acc.add_id(t, id, id_limit);
@@ -176,8 +191,8 @@ pub fn windows<'s>(
                             let (_, accs) = open
                                 .get_mut(&close)
                                 .expect("a window with changes stays open until they show");
-                            let acc = accs
-                                .get_mut(&(key.clone(), start))
+                            let (_, acc) = accs
+                                .get_mut(key.as_str())
                                 .expect("a window with changes has its totals");
                             acc.merge(&delta);
                             let end = end_of(w.kind, start);
@@ -192,7 +207,7 @@ pub fn windows<'s>(
                     let mut results: Vec<_> = accs.into_iter().collect();
                     results.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let mut session = output.session(&cap);
-                    for ((key, start), acc) in results {
+                    for (key, (start, acc)) in results {
                         let end = end_of(w.kind, start);
                         handles.finals.inc();
                         session.give(match w.emit {
