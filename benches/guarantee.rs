@@ -22,9 +22,11 @@
 //!   the measured span was read exactly once: the percentiles are over all of them, none
 //!   censored by the end of the measurement.
 //!
-//!   The measured span starts 1 s after the first dead letter is read, when the run is past
-//!   its start-up (fencing, recovery, the first commits) and has caught up with what the
-//!   feeder sent meanwhile; it lasts `WATERLINE_BENCH_LATENCY_SECS` (12 by default).
+//!   The measured span starts at least 1 s after the first dead letter is read, when the
+//!   run is past its start-up (fencing, recovery, the first commits), and once it has
+//!   caught up with what the feeder sent meanwhile (its records read, on `/metrics`, at
+//!   most 0.25 s of feed behind; `common::latency_run`); it lasts
+//!   `WATERLINE_BENCH_LATENCY_SECS` (12 by default).
 //!
 //! ```text
 //! cargo bench --bench guarantee                  # about 2 minutes

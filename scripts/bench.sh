@@ -6,7 +6,7 @@
 # seconds, events per CPU-second, peak RSS, latency p50/p99), a latency table and the
 # target checks as PASS/MISS lines.
 #
-#   scripts/bench.sh                      # 2 million trades, 20 s per latency mode: ~6 min
+#   scripts/bench.sh                      # 2 million trades, 20 s per latency mode: ~7 min
 #   WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
 #
 # Settings (environment):
