@@ -27,8 +27,9 @@
 //!    child's user + system time (this process's `cutime + cstime` across the wait).
 //!    Peak RSS: the child's `VmHWM`, sampled every 10 ms until it exits.
 //! 4. Latency at half the maximum rate: a fresh 8-partition topic fed live at 0.5 × the
-//!    exactly-once events/s excluding start-up just measured (20 symbols, 1% invalid),
-//!    each record's event time and Kafka timestamp = the wall clock when it is sent;
+//!    exactly-once events/s excluding start-up just measured (100 symbols, 1% invalid),
+//!    each record's Kafka timestamp = the wall clock when it is sent, and its event time
+//!    too (a valid trade's up to 2 s behind it, as the generator makes them);
 //!    `waterline run` (unbounded, stopped with SIGTERM), exactly-once and at-least-once,
 //!    commit interval 200 ms, with the dataflow as shipped (out-of-orderness 5 s) and
 //!    with `max_out_of_orderness = "100ms"`. A `read_committed` consumer on the outputs
@@ -166,7 +167,7 @@ fn main() {
     let feed = Feed {
         rate: (eo_rate * 0.5).max(100.0),
         partitions: PARTITIONS,
-        keys: 20,
+        keys: 100,
         invalid: 0.01,
     };
     // (guarantee, out-of-orderness label, ms, dead letters, window results, fed rate)

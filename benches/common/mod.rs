@@ -761,8 +761,9 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
     latencies
 }
 
-/// Sends trades to `topic` at `feed.rate`, round-robin over its partitions, each with event
-/// time and Kafka timestamp = the wall clock when sent, until `stop`, and lists the
+/// Sends trades to `topic` at `feed.rate`, round-robin over its partitions, each with Kafka
+/// timestamp = the wall clock when sent and event time too (a valid trade's up to 2 s
+/// behind, as [`TradeGenerator`] makes them), until `stop`, and lists the
 /// timestamps of the invalid ones in `invalid_sent`. A timestamp is taken and listed under
 /// the lock, so whoever holds it at wall-clock time `t` finds every invalid record stamped
 /// before `t` listed. Paced in steps of 1 ms: what is due is sent, counted in `sent_count`,
