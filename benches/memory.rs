@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::{bootstrap, env_number};
+use common::{bootstrap, env_number, status_kib};
 use std::io::{Read, Seek, SeekFrom};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -291,14 +291,6 @@ fn spread_and_slope(samples: &[(f64, f64)]) -> (f64, f64, f64) {
     let sxy: f64 = samples.iter().map(|s| (s.0 / 60.0 - mx) * (s.1 - my)).sum();
     let sxx: f64 = samples.iter().map(|s| (s.0 / 60.0 - mx).powi(2)).sum();
     (min, max, sxy / sxx)
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, the resident set; `RssAnon:`, its
-/// anonymous part: heap and stacks, without mapped files such as the binary's pages).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
-    line.split_whitespace().next()?.parse().ok()
 }
 
 /// Stops a child with SIGTERM (the run then finishes its transaction), waiting up to 30 s

@@ -19,15 +19,12 @@
 
 mod common;
 
-use common::{bootstrap, env_number};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use waterline::cli::GenerateArgs;
-use waterline::generate::TradeGenerator;
+use common::{
+    backfill_trades, bench_dir, bootstrap, children_cpu_secs, env_number, fill_topic, now_ms,
+    run_ok, trades_dataflow, utf8, waterline,
+};
+use std::path::Path;
+use std::time::Instant;
 
 const PARTITIONS: i32 = 8;
 
@@ -44,17 +41,18 @@ fn main() {
     let repeats = env_number("WATERLINE_BENCH_REPEATS", 2).max(1);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let bootstrap = bootstrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is past 1970")
-        .as_millis();
-    let topic = format!("bench-scaling-{stamp}");
-    let dir = std::env::temp_dir().join(format!("waterline-bench-scaling-{stamp}"));
-    std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+    let topic = format!("bench-scaling-{}", now_ms());
+    let dir = bench_dir("scaling");
     let config = dir.join("bench.toml");
     std::fs::write(&config, "[log]\nlevel = \"warn\"\n").expect("writable");
-    fill_topic(&bootstrap, &dir, &topic, records);
-    let dataflow = trades_dataflow(&dir, &topic);
+    fill_topic(
+        &bootstrap,
+        &topic,
+        PARTITIONS,
+        records,
+        backfill_trades(50, 0.01, 0.01, 0.0, 5),
+    );
+    let dataflow = trades_dataflow(&dir, &topic, &topic, &[]);
     println!(
         "scaling: {records} trades, {PARTITIONS} partitions, run --until end (exactly-once) on \
          Apache Kafka at {bootstrap}, {cores} cores, best of {repeats}"
@@ -102,7 +100,7 @@ fn timed_run(
     processes: usize,
     workers: usize,
 ) -> f64 {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_waterline"));
+    let mut command = waterline(bootstrap, log);
     if processes == 1 {
         command.arg("run");
     } else {
@@ -115,30 +113,10 @@ fn timed_run(
         .args(["--dataflow", utf8(dataflow), "--config", utf8(config)])
         .args(["-w", &workers.to_string(), "--until", "end"])
         .args(["--http-listen", "off"])
-        .env("KAFKA_BOOTSTRAP", bootstrap)
-        .env("WATERLINE_APP_ID", app)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("the temporary directory is writable"));
+        .env("WATERLINE_APP_ID", app);
     let started = Instant::now();
-    let status = command.status().expect("waterline starts");
-    let secs = started.elapsed().as_secs_f64();
-    assert!(
-        status.success(),
-        "run failed ({status}); see {}",
-        log.display()
-    );
-    secs
-}
-
-/// User + system CPU seconds of this process's waited-for descendants so far.
-fn children_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux: /proc/self/stat");
-    // Fields after the command name (which is in parentheses and may hold spaces):
-    // state is field 3; cutime and cstime are fields 16 and 17.
-    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields[i - 3].parse::<f64>().expect("a tick count");
-    (ticks(16) + ticks(17)) / rustix::param::clock_ticks_per_second() as f64
+    run_ok(command, log);
+    started.elapsed().as_secs_f64()
 }
 
 /// A port `p` with `p .. p + n` free on 127.0.0.1, below the ephemeral range.
@@ -149,86 +127,4 @@ fn free_base_port(n: usize) -> u16 {
         }
     }
     panic!("no {n} free ports in 21000..31000");
-}
-
-fn utf8(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-/// `dataflows/trades.toml` reading `topic` and writing `<topic>-windows`, `-dlq` and
-/// `-late`, written under `dir`.
-fn trades_dataflow(dir: &Path, topic: &str) -> PathBuf {
-    let mut text = include_str!("../dataflows/trades.toml").to_string();
-    for (from, to) in [
-        (
-            "topic = \"trades\"".to_string(),
-            format!("topic = \"{topic}\""),
-        ),
-        (
-            "\"trades-windows\"".to_string(),
-            format!("\"{topic}-windows\""),
-        ),
-        (
-            "\"trades-dead-letters\"".to_string(),
-            format!("\"{topic}-dlq\""),
-        ),
-        ("\"trades-late\"".to_string(), format!("\"{topic}-late\"")),
-    ] {
-        assert!(text.contains(&from), "dataflows/trades.toml has `{from}`");
-        text = text.replace(&from, &to);
-    }
-    let path = dir.join(format!("{topic}.toml"));
-    std::fs::write(&path, text).expect("the temporary directory is writable");
-    path
-}
-
-/// Creates `topic` (`waterline produce` writes one trade) and fills it with `records`
-/// trades spread round-robin over its partitions.
-fn fill_topic(bootstrap: &str, dir: &Path, topic: &str, records: u64) {
-    let log = dir.join("produce.log");
-    let status = Command::new(env!("CARGO_BIN_EXE_waterline"))
-        .args(["produce", "--topic", topic, "--count", "1"])
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .env("KAFKA_BOOTSTRAP", bootstrap)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("writable"))
-        .status()
-        .expect("waterline starts");
-    assert!(status.success(), "produce failed; see {}", log.display());
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        // Large batches: this is set-up, not measured.
-        .set("linger.ms", "20")
-        .create()
-        .expect("a producer with valid settings");
-    let mut generator = TradeGenerator::new(
-        GenerateArgs {
-            keys: 50,
-            invalid: 0.01,
-            late: 0.01,
-            duplicate: 0.0,
-            seed: 5,
-            time_step_ms: 2,
-        },
-        1_768_312_800_000,
-    );
-    for i in 1..records {
-        let g = generator.next(0);
-        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
-            .partition((i % PARTITIONS as u64) as i32)
-            .payload(&g.payload);
-        loop {
-            match producer.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    // The local queue is full: wait for deliveries to drain it.
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(120))
-        .expect("the broker takes the input");
 }

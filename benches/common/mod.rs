@@ -1,6 +1,30 @@
-//! What the benchmarks against Apache Kafka share: the broker and their settings.
+//! What the benchmarks against Apache Kafka share: the broker and their settings, the
+//! release binary and its runs (with their CPU time and peak RSS), filling and feeding
+//! input topics, reading what a run committed, and percentiles.
+//!
+//! Each bench uses a part of it.
+#![allow(dead_code)]
 
-use std::process::Command;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use waterline::cli::GenerateArgs;
+use waterline::generate::{Kind, TradeGenerator};
+
+/// How long a run may take to create its output topics or show its first output.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `$KAFKA_BOOTSTRAP`, or the address of a broker started with `scripts/kafka.sh`.
 pub fn bootstrap() -> String {
@@ -31,4 +55,776 @@ pub fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The (possibly fractional) number in environment variable `name`, or `default`; a value
+/// that is not a number stops the bench, naming the variable.
+pub fn env_f64(name: &str, default: f64) -> f64 {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => x,
+            _ => panic!("{name} must be a positive number, got `{v}`"),
+        },
+    }
+}
+
+/// Wall clock, ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis() as i64
+}
+
+/// A fresh directory for a bench's files (logs, dataflows, configs).
+pub fn bench_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("waterline-bench-{name}-{}", now_ms()));
+    std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+    dir
+}
+
+pub fn utf8(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// The release binary, pointed at `bootstrap`, its stderr (the log) going to `log`, its
+/// HTTP server on a free port unless the command says otherwise.
+pub fn waterline(bootstrap: &str, log: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waterline"));
+    command
+        .env("KAFKA_BOOTSTRAP", bootstrap)
+        .env("WATERLINE__HTTP__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("the temporary directory is writable"));
+    command
+}
+
+/// Runs `command` to its end and fails the bench, naming `log`, if it does not succeed.
+pub fn run_ok(mut command: Command, log: &Path) {
+    let status = command.status().expect("the command starts");
+    assert!(
+        status.success(),
+        "{command:?} failed ({status}); see {}",
+        log.display()
+    );
+}
+
+/// A running `waterline run`; killed if the bench panics before stopping it, so that no
+/// run outlives the bench.
+pub struct Running(pub Child);
+
+impl Running {
+    /// Stops the run as an operator would (SIGTERM: it commits what it wrote and exits).
+    pub fn stop(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM reaches the run");
+        self.0.wait().expect("the run is our child")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // After `stop` (or `measure`) the child is reaped and this does nothing.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What [`measure`] saw of a child run to its end.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// From spawn to exit.
+    pub wall_s: f64,
+    /// User + system CPU seconds of the child (and its waited-for descendants).
+    pub cpu_s: f64,
+    /// Peak resident set size (`VmHWM`), KiB.
+    pub peak_rss_kib: u64,
+    /// Epoch ms at spawn and at exit.
+    pub spawned_ms: i64,
+    pub exited_ms: i64,
+}
+
+/// Spawns `command`, samples its `VmHWM` every 10 ms until it exits (the high-water mark
+/// only rises, so the last sample is the peak but for what the final 10 ms added), and
+/// calls `watch` at every sample while it runs (e.g. to scrape its metrics). The child's
+/// CPU time is the rise of this process's `cutime + cstime`, which counts it once waited
+/// for. Fails the bench, naming `log`, if it does not exit successfully.
+pub fn measure(mut command: Command, log: &Path, mut watch: impl FnMut()) -> Measured {
+    let cpu_before = children_cpu_secs();
+    let spawned_ms = now_ms();
+    let started = Instant::now();
+    let mut child = Running(command.spawn().expect("the command starts"));
+    let mut peak_rss_kib = 0;
+    let status = loop {
+        if let Some(kib) = status_kib(child.0.id(), "VmHWM:") {
+            peak_rss_kib = peak_rss_kib.max(kib);
+        }
+        if let Some(status) = child.0.try_wait().expect("the child is ours") {
+            break status;
+        }
+        watch();
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall_s = started.elapsed().as_secs_f64();
+    let exited_ms = now_ms();
+    assert!(
+        status.success(),
+        "{command:?} failed ({status}); see {}",
+        log.display()
+    );
+    Measured {
+        wall_s,
+        cpu_s: children_cpu_secs() - cpu_before,
+        peak_rss_kib,
+        spawned_ms,
+        exited_ms,
+    }
+}
+
+/// User + system CPU seconds of this process's waited-for descendants so far.
+pub fn children_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux: /proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces):
+    // state is field 3; cutime and cstime are fields 16 and 17.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields[i - 3].parse::<f64>().expect("a tick count");
+    (ticks(16) + ticks(17)) / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, the resident set; `VmHWM:`, its peak;
+/// `RssAnon:`, its anonymous part: heap and stacks, without mapped files such as the
+/// binary's pages).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// A port free on 127.0.0.1 just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// The sum of every sample of metric `name` on `http://<address>/metrics`, or `None` while
+/// the server does not answer (not started yet).
+pub fn scrape_sum(address: &str, name: &str) -> Option<f64> {
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some(
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// `dataflows/trades.toml` reading `input` and writing `<outputs>-windows`, `<outputs>-dlq`
+/// and `<outputs>-late`, with each `(from, to)` of `changes` applied too, written under
+/// `dir`. Every text replaced must be there, so an edit of the dataflow cannot silently
+/// leave a bench reading the wrong topic or with other settings than it says.
+pub fn trades_dataflow(
+    dir: &Path,
+    input: &str,
+    outputs: &str,
+    changes: &[(&str, &str)],
+) -> PathBuf {
+    let renames = [
+        (
+            "topic = \"trades\"".to_string(),
+            format!("topic = \"{input}\""),
+        ),
+        (
+            "\"trades-windows\"".to_string(),
+            format!("\"{outputs}-windows\""),
+        ),
+        (
+            "\"trades-dead-letters\"".to_string(),
+            format!("\"{outputs}-dlq\""),
+        ),
+        ("\"trades-late\"".to_string(), format!("\"{outputs}-late\"")),
+    ];
+    let changes = changes
+        .iter()
+        .map(|(from, to)| (from.to_string(), to.to_string()));
+    let mut text = include_str!("../../dataflows/trades.toml").to_string();
+    for (from, to) in renames.into_iter().chain(changes) {
+        assert!(text.contains(&from), "dataflows/trades.toml has `{from}`");
+        text = text.replace(&from, &to);
+    }
+    let path = dir.join(format!("{outputs}.toml"));
+    std::fs::write(&path, text).expect("the temporary directory is writable");
+    path
+}
+
+/// Creates `topic` with `partitions` partitions, empty, and waits until the broker lists
+/// it (a busy broker can take seconds to show a new topic in its metadata).
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client with valid settings");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let created = futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .expect("the broker answers create_topics");
+    for r in created {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a consumer with valid settings");
+    assert_eq!(
+        wait_for_topic(&probe, topic),
+        partitions,
+        "{topic}'s partitions"
+    );
+}
+
+/// Deletes `names` (topics a bench made), so the shared broker does not keep them; says so
+/// on stderr when it cannot.
+pub fn delete_topics(bootstrap: &str, names: &[String]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client with valid settings");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    match futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new())) {
+        Err(e) => eprintln!("could not delete the bench's topics {names:?}: {e}"),
+        Ok(results) => {
+            for r in results {
+                if let Err((topic, e)) = r {
+                    eprintln!("could not delete topic {topic}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A generator of pre-produced trades: `keys` symbols, event times 2 ms apart from a fixed
+/// start, with these shares of invalid, late and duplicate records.
+pub fn backfill_trades(
+    keys: u32,
+    invalid: f64,
+    late: f64,
+    duplicate: f64,
+    seed: u64,
+) -> GenerateArgs {
+    GenerateArgs {
+        keys,
+        invalid,
+        late,
+        duplicate,
+        seed,
+        time_step_ms: 2,
+    }
+}
+
+/// Creates `topic` with `partitions` partitions and fills it with `records` trades from
+/// `trades`, round-robin over the partitions, as fast as the broker takes them.
+pub fn fill_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: u64,
+    trades: GenerateArgs,
+) {
+    create_topic(bootstrap, topic, partitions);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Large batches: this is set-up, not measured.
+        .set("linger.ms", "20")
+        .create()
+        .expect("a producer with valid settings");
+    let mut generator = TradeGenerator::new(trades, 1_768_312_800_000);
+    for i in 0..records {
+        let g = generator.next(0);
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition((i % partitions as u64) as i32)
+            .payload(&g.payload);
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    // The local queue is full: wait for deliveries to drain it.
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .expect("the broker takes the input");
+}
+
+/// A `read_committed` consumer of every partition of each of `topics`, from the beginning,
+/// once they exist (a run creates its outputs at start-up). It reports the end of each
+/// partition (`KafkaError::PartitionEOF`), and answers a fetch as soon as anything is
+/// there: the broker's default wait (500 ms) would dominate a latency measured with it.
+pub fn committed_reader(bootstrap: &str, group: &str, topics: &[&str]) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        // Assigned partitions, nothing to commit.
+        .set("enable.auto.commit", "false")
+        // Only what a downstream consumer of exactly-once output may see.
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("a consumer with valid settings");
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for p in 0..wait_for_topic(&consumer, topic) {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("a fresh list takes any partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assigning partitions");
+    consumer
+}
+
+/// The partition count of `topic`, waiting up to [`START_TIMEOUT`] for it to appear.
+pub fn wait_for_topic(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let started = Instant::now();
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("the broker answers metadata requests");
+        let n = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n > 0 {
+            return n as i32;
+        }
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "{topic} did not appear within {START_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Calls `f` with each committed record of `topics` (topic, payload), from the beginning to
+/// the end they have now; for outputs of a run that has exited.
+pub fn read_to_end(bootstrap: &str, group: &str, topics: &[&str], mut f: impl FnMut(&str, &[u8])) {
+    let consumer = committed_reader(bootstrap, group, topics);
+    let mut open: BTreeSet<(String, i32)> = consumer
+        .assignment()
+        .expect("the assignment just made")
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let started = Instant::now();
+    while !open.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "reading {topics:?} to the end took over 5 minutes; still open: {open:?}"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => f(m.topic(), m.payload().unwrap_or_default()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                // Which topic is not said; the consumer's position is at the end for each
+                // partition this p names whose position equals its high watermark.
+                let position = consumer.position().expect("the consumer's positions");
+                for e in position.elements() {
+                    if e.partition() != p {
+                        continue;
+                    }
+                    let (_, high) = consumer
+                        .fetch_watermarks(e.topic(), p, Duration::from_secs(10))
+                        .expect("the broker answers watermark requests");
+                    let at_end = match e.offset() {
+                        Offset::Offset(o) => o >= high,
+                        // Never fetched: only an empty partition ends with no position.
+                        _ => high == 0,
+                    };
+                    if at_end {
+                        open.remove(&(e.topic().to_string(), p));
+                    }
+                }
+            }
+            Some(Err(e)) => eprintln!("reading {topics:?}: {e} (retried)"),
+            None => {}
+        }
+    }
+}
+
+/// The `q` quantile of `sorted` (nearest rank below), in ms.
+pub fn percentile(sorted: &[i64], q: f64) -> f64 {
+    assert!(!sorted.is_empty(), "percentiles of no samples");
+    sorted[((sorted.len() - 1) as f64 * q) as usize] as f64
+}
+
+// --- live runs and their latency --------------------------------------------------------
+
+/// A live topic fed at a steady rate.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    /// Records per second.
+    pub rate: f64,
+    pub partitions: i32,
+    /// Symbols (the dataflow's keys).
+    pub keys: u32,
+    /// Share of invalid records (each makes one dead letter).
+    pub invalid: f64,
+}
+
+/// The windows of the dataflow, when their results are to be measured too.
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    /// Tumbling window size and grace, ms.
+    pub size_ms: i64,
+    pub grace_ms: i64,
+}
+
+impl Windows {
+    /// The first close (end + grace) at or after `t`: closes are at k × size + grace.
+    fn first_close(&self, t: i64) -> i64 {
+        (t - self.grace_ms - 1).div_euclid(self.size_ms) * self.size_ms
+            + self.size_ms
+            + self.grace_ms
+    }
+}
+
+/// A latency run: what to run and for how long. The run's HTTP server is put on a free
+/// port (`WATERLINE__HTTP__LISTEN`), so `args` must not name one.
+pub struct LatencyRun<'a> {
+    pub bootstrap: &'a str,
+    /// Where the logs go.
+    pub dir: &'a Path,
+    /// The input topic to create, and the prefix of the output topics.
+    pub topic: &'a str,
+    /// `waterline run` without its dataflow; `--dataflow` is added.
+    pub args: &'a [String],
+    /// Changes to `dataflows/trades.toml` (see [`trades_dataflow`]).
+    pub changes: &'a [(&'a str, &'a str)],
+    pub feed: Feed,
+    pub windows: Option<Windows>,
+    /// The measured span, from when the run has caught up with the feed and at least 1 s
+    /// after the first dead letter was read.
+    pub seconds: u64,
+    /// How long after the measured span its last outputs may take to arrive.
+    pub drain: Duration,
+}
+
+/// What a latency run measured, in ms.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Per invalid record sent in the measured span: its dead letter read − its send.
+    pub dead_letters: Vec<i64>,
+    /// Per (window, key) whose close (end + grace) fell in the measured span: its result
+    /// read − that close.
+    pub windows: Vec<i64>,
+    /// The rate the feed achieved over the run.
+    pub fed_rate: f64,
+    /// Seconds from spawning the run until it had caught up with the feed (at most 0.25 s
+    /// of input behind); `None`: not within [`START_TIMEOUT`].
+    pub caught_up_s: Option<f64>,
+    /// Records the run's reading was behind the feed at the end of the measured span.
+    pub behind_at_end: Option<f64>,
+}
+
+/// From the first dead letter read to the start of the measured span.
+const WARM_UP_MS: i64 = 1_000;
+
+/// Runs the dataflow on a fresh live topic and measures, with a `read_committed` consumer
+/// on its outputs, how long after it was possible each output became visible: for every
+/// invalid record sent in the measured span, its dead letter (read − Kafka timestamp, which
+/// the feeder sets to the moment it sends it); with `windows`, for every window whose close
+/// (end + grace) falls in the span, each key's result (read − close). The span starts
+/// once the run has caught up with what the feed sent while it started (its
+/// `waterline_records_read_total` at most 0.25 s of feed behind the records sent) and at
+/// least 1 s after the first dead letter is read; it is `seconds` long, extended to hold
+/// at least one window close. Fails the bench unless
+/// every dead letter and every key's window result expected was read exactly once.
+pub fn latency_run(run: &LatencyRun) -> Latencies {
+    let (bootstrap, topic) = (run.bootstrap, run.topic);
+    let (dlq, windows_topic) = (format!("{topic}-dlq"), format!("{topic}-windows"));
+    let dataflow = trades_dataflow(run.dir, topic, topic, run.changes);
+    create_topic(bootstrap, topic, run.feed.partitions);
+    let log = run.dir.join(format!("{topic}-run.log"));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut command = waterline(bootstrap, &log);
+    command
+        .args(run.args)
+        .args(["--dataflow", utf8(&dataflow)])
+        .env("WATERLINE__HTTP__LISTEN", &metrics)
+        .env("WATERLINE_APP_ID", format!("{topic}-app"));
+    let spawned = Instant::now();
+    let child = Running(command.spawn().expect("waterline starts"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let invalid_sent = Arc::new(Mutex::new(Vec::new()));
+    let feeder = {
+        let (bootstrap, topic, feed) = (bootstrap.to_string(), topic.to_string(), run.feed.clone());
+        let (stop, sent, invalid_sent) = (
+            Arc::clone(&stop),
+            Arc::clone(&sent),
+            Arc::clone(&invalid_sent),
+        );
+        std::thread::spawn(move || {
+            feed_live(&bootstrap, &topic, &feed, &stop, &sent, &invalid_sent)
+        })
+    };
+    // How far the run's reading is behind the feed, in records (scraped from /metrics).
+    let behind = || {
+        let sent = sent.load(Ordering::Relaxed) as f64;
+        scrape_sum(&metrics, "waterline_records_read_total").map(|read| sent - read)
+    };
+    let consumer = committed_reader(
+        bootstrap,
+        &format!("{topic}-reader"),
+        &[&dlq, &windows_topic],
+    );
+
+    // (sent, read) of every dead letter; (close, key) → read times of window results.
+    let mut letters: Vec<(i64, i64)> = Vec::new();
+    let mut results: BTreeMap<(i64, String), Vec<i64>> = BTreeMap::new();
+    let mut last_error = None;
+    let grace = run.windows.map_or(0, |w| w.grace_ms);
+    let mut read = |letters: &mut Vec<(i64, i64)>,
+                    results: &mut BTreeMap<(i64, String), Vec<i64>>| {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                let read_at = now_ms();
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
+                    .expect("waterline writes its outputs as JSON");
+                if m.topic() == dlq {
+                    let sent = v["source"]["timestamp_ms"]
+                        .as_i64()
+                        .expect("the feeder stamps every record");
+                    letters.push((sent, read_at));
+                } else {
+                    let end = v["window_end_ms"]
+                        .as_i64()
+                        .expect("a window result has its end");
+                    let key = v["key"].as_str().expect("a window result has its key");
+                    results
+                        .entry((end + grace, key.to_string()))
+                        .or_default()
+                        .push(read_at);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            // Transient (librdkafka retries by itself); a lasting one shows as missing outputs.
+            Some(Err(e)) => last_error = Some(e),
+        }
+    };
+    let started = Instant::now();
+    while letters.is_empty() {
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "no dead letter within {START_TIMEOUT:?}; see {}",
+            log.display()
+        );
+        read(&mut letters, &mut results);
+    }
+    // The measured span starts once the run has caught up with what the feed sent while
+    // it started (at most a quarter of a second of input behind), and at least 1 s after
+    // the first dead letter: past fencing, recovery and the first commits.
+    let warm = letters[0].1 + WARM_UP_MS;
+    let slack = run.feed.rate * 0.25;
+    let mut caught_up_s = None;
+    let mut next_scrape = Instant::now();
+    while caught_up_s.is_none() && spawned.elapsed() < START_TIMEOUT {
+        read(&mut letters, &mut results);
+        if Instant::now() >= next_scrape {
+            next_scrape += Duration::from_millis(100);
+            if behind().is_some_and(|b| b <= slack) {
+                caught_up_s = Some(spawned.elapsed().as_secs_f64());
+            }
+        }
+    }
+    if caught_up_s.is_none() {
+        eprintln!(
+            "{topic}: the run did not catch up with the feed ({} records/s) within \
+             {START_TIMEOUT:?} ({:?} records behind); measuring anyway: the latencies hold \
+             the backlog",
+            run.feed.rate,
+            behind()
+        );
+    }
+    let from = warm.max(now_ms());
+    let mut until = from + run.seconds as i64 * 1_000;
+    if let Some(w) = run.windows {
+        until = until.max(w.first_close(from) + 1);
+    }
+    while now_ms() < until {
+        read(&mut letters, &mut results);
+    }
+    let behind_at_end = behind();
+    let measured = |t: &i64| (from..until).contains(t);
+    let expected_letters = invalid_sent
+        .lock()
+        .expect("the feeder does not panic")
+        .iter()
+        .filter(|s| measured(s))
+        .count();
+    let closes: Vec<i64> = match run.windows {
+        None => Vec::new(),
+        Some(w) => (w.first_close(from)..until)
+            .step_by(w.size_ms as usize)
+            .collect(),
+    };
+    let keys = run.feed.keys as usize;
+    let letters_in = |letters: &[(i64, i64)]| letters.iter().filter(|(s, _)| measured(s)).count();
+    let results_in = |results: &BTreeMap<(i64, String), Vec<i64>>| {
+        results.iter().filter(|((c, _), _)| measured(c)).count()
+    };
+    // The feed goes on meanwhile: an output is held until every partition's watermark has
+    // passed it, which needs newer input on all of them.
+    let drained = Instant::now();
+    while (letters_in(&letters) < expected_letters || results_in(&results) < closes.len() * keys)
+        && drained.elapsed() < run.drain
+    {
+        read(&mut letters, &mut results);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let fed_rate = feeder.join().expect("the feeder does not panic");
+
+    let status = child.stop();
+    assert!(
+        status.success(),
+        "run failed ({status}); see {}",
+        log.display()
+    );
+    assert!(
+        expected_letters > 0,
+        "invalid records were sent in the measured span"
+    );
+    assert_eq!(
+        letters_in(&letters),
+        expected_letters,
+        "one dead letter read per invalid record sent in the measured span, within \
+         {:?} of its end (last consumer error: {last_error:?}); see {}",
+        run.drain,
+        log.display()
+    );
+    assert!(
+        run.windows.is_none() || !closes.is_empty(),
+        "a window closed in the measured span"
+    );
+    for close in &closes {
+        let got: Vec<(&String, usize)> = results
+            .iter()
+            .filter(|((c, _), _)| c == close)
+            .map(|((_, k), reads)| (k, reads.len()))
+            .collect();
+        assert!(
+            got.len() == keys && got.iter().all(|(_, n)| *n == 1),
+            "one result per key ({keys} keys) read for the window closing at {close}, \
+             within {:?} of the span's end; got {got:?} (last consumer error: \
+             {last_error:?}); see {}",
+            run.drain,
+            log.display()
+        );
+    }
+    let mut latencies = Latencies {
+        dead_letters: letters
+            .into_iter()
+            .filter(|(sent, _)| measured(sent))
+            .map(|(sent, read_at)| read_at - sent)
+            .collect(),
+        windows: results
+            .into_iter()
+            .filter(|((close, _), _)| measured(close))
+            .flat_map(|((close, _), reads)| reads.into_iter().map(move |r| r - close))
+            .collect(),
+        fed_rate,
+        caught_up_s,
+        behind_at_end,
+    };
+    latencies.dead_letters.sort_unstable();
+    latencies.windows.sort_unstable();
+    latencies
+}
+
+/// Sends trades to `topic` at `feed.rate`, round-robin over its partitions, each with Kafka
+/// timestamp = the wall clock when sent and event time too (a valid trade's up to 2 s
+/// behind, as [`TradeGenerator`] makes them), until `stop`, and lists the
+/// timestamps of the invalid ones in `invalid_sent`. A timestamp is taken and listed under
+/// the lock, so whoever holds it at wall-clock time `t` finds every invalid record stamped
+/// before `t` listed. Paced in steps of 1 ms: what is due is sent, counted in `sent_count`,
+/// then it sleeps. Returns the rate achieved.
+fn feed_live(
+    bootstrap: &str,
+    topic: &str,
+    feed: &Feed,
+    stop: &AtomicBool,
+    sent_count: &AtomicU64,
+    invalid_sent: &Mutex<Vec<i64>>,
+) -> f64 {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Send each record at once: its timestamp is when it was meant to leave.
+        .set("linger.ms", "0")
+        // Room for a second of the feed while the broker is slow.
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("a producer with valid settings");
+    let mut generator = TradeGenerator::new(
+        GenerateArgs {
+            keys: feed.keys,
+            invalid: feed.invalid,
+            late: 0.0,
+            duplicate: 0.0,
+            seed: 5,
+            time_step_ms: 0,
+        },
+        0,
+    );
+    let started = Instant::now();
+    let mut i: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let due = (started.elapsed().as_secs_f64() * feed.rate) as u64;
+        while i < due {
+            let (sent, g) = {
+                let mut listed = invalid_sent.lock().expect("the bench does not panic");
+                let sent = now_ms();
+                let g = generator.next(sent as u64);
+                if g.kind == Kind::Invalid {
+                    listed.push(sent);
+                }
+                (sent, g)
+            };
+            let r = BaseRecord::<[u8], [u8]>::to(topic)
+                .partition((i % feed.partitions as u64) as i32)
+                .timestamp(sent)
+                .payload(&g.payload);
+            producer
+                .send(r)
+                .map_err(|(e, _)| e)
+                .expect("the local queue has room at this rate");
+            i += 1;
+        }
+        sent_count.store(i, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rate = i as f64 / started.elapsed().as_secs_f64();
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker takes the feed");
+    rate
 }

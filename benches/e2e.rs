@@ -1,0 +1,597 @@
+//! The end-to-end benchmark, on Apache Kafka, in one run so that its ratios hold on a
+//! noisy machine. It prints one markdown table and the target checks.
+//!
+//! 1. Input: a fresh topic of 8 partitions holding `WATERLINE_BENCH_MILLIONS` million trades
+//!    (default 2) as `waterline produce` makes them with `--invalid 0.01 --late 0.01
+//!    --duplicate 0.01 --time-step-ms 2` (50 symbols): so 97% valid, and event times
+//!    2 ms apart (2M trades span 67 minutes, so one-minute windows close all through a
+//!    run).
+//! 2. Baseline, the input side's physical limit here: a bare librdkafka consumer
+//!    (`BaseConsumer`, every partition `assign`ed from the beginning and read to the end
+//!    offsets it had at start, counting records and bytes, nothing else) with the consumer
+//!    settings of waterline's source (`src/source/kafka.rs`: `read_committed`,
+//!    `enable.partition.eof`, librdkafka's default fetch and queue sizes), in 2 threads
+//!    (waterline's 2 workers; thread t reads partitions p with p % 2 = t, one consumer
+//!    each, as waterline's workers do) and in 1 thread. It runs in a child process (this
+//!    bench's own binary), so its CPU time and peak RSS are measured like waterline's.
+//! 3. waterline: `waterline run --until end` of `dataflows/trades.toml` as shipped, 2
+//!    workers, at-least-once and exactly-once, commit interval 200 ms, each with fresh
+//!    output topics and app id. The bench then reads every output with `read_committed`
+//!    and fails unless the window counts, the dead letters and the late records add up to
+//!    the records produced.
+//!
+//!    Events/s is given from spawn to exit (start-up included: metadata, fencing,
+//!    recovery) and from the first record read to exit ("excl. start-up"; the first
+//!    moment `waterline_records_read_total` on the run's `/metrics`, polled every 10 ms,
+//!    is above 0; for the baseline, the first record its consumers got). CPU seconds: the
+//!    child's user + system time (this process's `cutime + cstime` across the wait).
+//!    Peak RSS: the child's `VmHWM`, sampled every 10 ms until it exits.
+//! 4. Latency at half the maximum rate: a fresh 8-partition topic fed live at 0.5 × the
+//!    exactly-once events/s excluding start-up just measured (100 symbols, 1% invalid),
+//!    each record's Kafka timestamp = the wall clock when it is sent, and its event time
+//!    too (a valid trade's up to 2 s behind it, as the generator makes them);
+//!    `waterline run` (unbounded, stopped with SIGTERM), exactly-once and at-least-once,
+//!    commit interval 200 ms, with the dataflow as shipped (out-of-orderness 5 s) and
+//!    with `max_out_of_orderness = "100ms"`. A `read_committed` consumer on the outputs
+//!    measures two sample sets over `WATERLINE_BENCH_LATENCY_SECS` (default 20), from
+//!    when the run has caught up with what the feed sent while it started (see
+//!    `common::latency_run`):
+//!    - dead letters, one per invalid record: read time − the record's send time. Every
+//!      invalid record yields exactly one as soon as the frontier passes it, whatever the
+//!      windows do, so these are many samples with a known start; the bench checks that
+//!      each invalid record sent in the span was read exactly once;
+//!    - window results: read time − the window's close (end + grace, the moment its
+//!      result became possible). The span is extended to hold at least one close of the
+//!      one-minute windows; every symbol's result of every window closing in it must be
+//!      read exactly once.
+//!
+//!    The target is p99 ≤ out-of-orderness + commit interval + 50 ms: 5.25 s as shipped,
+//!    350 ms with 100 ms.
+//!
+//! Columns p50/p99 of the table are the dead letters' with the dataflow as shipped; the
+//! latency table below it has every set. The run fails (non-zero) if a run dies, reads
+//! fewer records than were produced, or a latency sample set is empty.
+//!
+//! ```text
+//! scripts/bench.sh                                                # about 7 minutes
+//! WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
+//! KAFKA_BOOTSTRAP=127.0.0.1:19092 cargo bench --bench e2e         # what bench.sh runs
+//! ```
+//!
+//! Uses `$KAFKA_BOOTSTRAP`, or starts a broker with `scripts/kafka.sh`. The runs' logs go
+//! to a temporary directory, named when a run fails and removed when the bench succeeds;
+//! the topics it made are deleted then too.
+
+mod common;
+
+use common::{
+    Feed, LatencyRun, Measured, Windows, backfill_trades, bench_dir, bootstrap, delete_topics,
+    env_f64, env_number, fill_topic, free_port, latency_run, measure, now_ms, percentile,
+    read_to_end, scrape_sum, trades_dataflow, utf8, wait_for_topic, waterline,
+};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 8;
+const WORKERS: usize = 2;
+const COMMIT_INTERVAL: &str = "200ms";
+const COMMIT_INTERVAL_MS: f64 = 200.0;
+/// Set in the baseline's child process: `<threads> <bootstrap> <topic>`.
+const BASELINE_CHILD: &str = "WATERLINE_BENCH_E2E_BASELINE";
+/// trades.toml's window (checked against the file in `main`).
+const WINDOW: Windows = Windows {
+    size_ms: 60_000,
+    grace_ms: 10_000,
+};
+const SHIPPED_OOO_MS: f64 = 5_000.0;
+
+/// One row of the throughput table.
+struct Row {
+    label: String,
+    events: u64,
+    run: Measured,
+    /// Epoch ms of the first record read, when seen.
+    first_read_ms: Option<i64>,
+    /// Dead-letter latency (as shipped), sorted, ms.
+    latency: Option<Vec<i64>>,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.run.wall_s
+    }
+
+    fn steady_rate(&self) -> Option<f64> {
+        let secs = (self.run.exited_ms - self.first_read_ms?) as f64 / 1000.0;
+        (secs > 0.0).then(|| self.events as f64 / secs)
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(BASELINE_CHILD) {
+        baseline_child(&spec);
+        return;
+    }
+    let shipped = include_str!("../dataflows/trades.toml");
+    for line in [
+        "kind = \"tumbling\"",
+        "size = \"1m\"",
+        "grace = \"10s\"",
+        "max_out_of_orderness = \"5s\"",
+    ] {
+        assert!(shipped.contains(line), "dataflows/trades.toml has `{line}`");
+    }
+    let millions = env_f64("WATERLINE_BENCH_MILLIONS", 2.0);
+    let records = (millions * 1e6).round() as u64;
+    assert!(
+        records >= 1_000,
+        "WATERLINE_BENCH_MILLIONS is at least 0.001"
+    );
+    let latency_secs = env_number("WATERLINE_BENCH_LATENCY_SECS", 20).max(1);
+    let bootstrap = bootstrap();
+    let topic = format!("bench-e2e-{}", now_ms());
+    let dir = bench_dir("e2e");
+    let mut made: Vec<String> = vec![topic.clone()];
+
+    let started = Instant::now();
+    fill_topic(
+        &bootstrap,
+        &topic,
+        PARTITIONS,
+        records,
+        backfill_trades(50, 0.01, 0.01, 0.01, 11),
+    );
+    eprintln!(
+        "e2e: produced {records} trades to {topic} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    for threads in [1, WORKERS] {
+        rows.push(baseline_row(&bootstrap, &dir, &topic, threads, records));
+    }
+    for guarantee in ["at-least-once", "exactly-once"] {
+        rows.push(waterline_row(
+            &bootstrap, &dir, &topic, guarantee, records, &mut made,
+        ));
+    }
+
+    // Excluding start-up, unless the run ended before its metrics were first scraped.
+    let eo_rate = rows[3].steady_rate().unwrap_or_else(|| rows[3].rate());
+    let feed = Feed {
+        rate: (eo_rate * 0.5).max(100.0),
+        partitions: PARTITIONS,
+        keys: 100,
+        invalid: 0.01,
+    };
+    // (guarantee, out-of-orderness label, ms, dead letters, window results, fed rate)
+    let mut latency = Vec::new();
+    for (row, guarantee) in [(3, "exactly-once"), (2, "at-least-once")] {
+        for (ooo, ooo_ms) in [("5s", SHIPPED_OOO_MS), ("100ms", 100.0)] {
+            let live = format!("{topic}-live-{guarantee}-{ooo}");
+            made.extend([
+                live.clone(),
+                format!("{live}-windows"),
+                format!("{live}-dlq"),
+                format!("{live}-late"),
+                format!("{live}-app.progress"),
+            ]);
+            let args: Vec<String> = [
+                "run",
+                "-w",
+                &WORKERS.to_string(),
+                "--guarantee",
+                guarantee,
+                "--commit-interval",
+                COMMIT_INTERVAL,
+                "--log-level",
+                "warn",
+            ]
+            .map(String::from)
+            .to_vec();
+            let new_ooo = format!("max_out_of_orderness = \"{ooo}\"");
+            let l = latency_run(&LatencyRun {
+                bootstrap: &bootstrap,
+                dir: &dir,
+                topic: &live,
+                args: &args,
+                changes: &[("max_out_of_orderness = \"5s\"", &new_ooo)],
+                feed: feed.clone(),
+                windows: Some(WINDOW),
+                seconds: latency_secs,
+                drain: Duration::from_millis(ooo_ms as u64) + Duration::from_secs(10),
+            });
+            eprintln!(
+                "e2e: latency {guarantee} out-of-orderness {ooo}: {} dead letters, {} window \
+                 results, fed {:.0}/s",
+                l.dead_letters.len(),
+                l.windows.len(),
+                l.fed_rate
+            );
+            if ooo_ms == SHIPPED_OOO_MS {
+                let r: &mut Row = &mut rows[row];
+                r.latency = Some(l.dead_letters.clone());
+            }
+            latency.push((guarantee, ooo, ooo_ms, l));
+        }
+    }
+
+    print_report(&rows, &latency, &feed, records, latency_secs, &bootstrap);
+    delete_topics(&bootstrap, &made);
+    std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
+}
+
+// --- the baseline -----------------------------------------------------------------------
+
+/// Runs the bare consumer in `threads` threads, in a child process, and checks that it read
+/// every record.
+fn baseline_row(bootstrap: &str, dir: &Path, topic: &str, threads: usize, records: u64) -> Row {
+    let log = dir.join(format!("baseline-{threads}.log"));
+    let result = dir.join(format!("baseline-{threads}.out"));
+    let mut command =
+        Command::new(std::env::current_exe().expect("the bench knows its own binary"));
+    command
+        .env(BASELINE_CHILD, format!("{threads} {bootstrap} {topic}"))
+        .stdout(std::fs::File::create(&result).expect("the temporary directory is writable"))
+        .stderr(std::fs::File::create(&log).expect("the temporary directory is writable"));
+    let run = measure(command, &log, || {});
+    let out = std::fs::read_to_string(&result).expect("the baseline wrote its result");
+    let fields: Vec<i64> = out
+        .split_whitespace()
+        .map(|f| f.parse().expect("the baseline writes numbers"))
+        .collect();
+    let [read, bytes, first_ms] = fields[..] else {
+        panic!("the baseline writes `records bytes first_ms`, got `{out}`");
+    };
+    assert_eq!(
+        read as u64, records,
+        "the baseline ({threads} threads) read every record produced"
+    );
+    eprintln!(
+        "e2e: baseline {threads} thread(s): {read} records, {bytes} bytes ({:.0} per record) \
+         in {:.2} s",
+        bytes as f64 / read as f64,
+        run.wall_s
+    );
+    Row {
+        label: format!(
+            "baseline, {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        ),
+        events: records,
+        run,
+        first_read_ms: Some(first_ms),
+        latency: None,
+    }
+}
+
+/// The baseline's child process: reads the topic to its end offsets and writes `records
+/// bytes first_ms` to stdout.
+fn baseline_child(spec: &str) {
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [threads, bootstrap, topic] = parts[..] else {
+        panic!("{BASELINE_CHILD} is `<threads> <bootstrap> <topic>`, got `{spec}`");
+    };
+    let threads: i32 = threads.parse().expect("a thread count");
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a consumer with valid settings");
+    let partitions = wait_for_topic(&probe, topic);
+    let bounds: Vec<(i64, i64)> = (0..partitions)
+        .map(|p| {
+            probe
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .expect("the broker answers watermark requests")
+        })
+        .collect();
+    let readers: Vec<_> = (0..threads)
+        .map(|t| {
+            let mine: Vec<(i32, (i64, i64))> = (0..partitions)
+                .filter(|p| p % threads == t)
+                .map(|p| (p, bounds[p as usize]))
+                .collect();
+            let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+            std::thread::spawn(move || read_partitions(&bootstrap, &topic, t, &mine))
+        })
+        .collect();
+    let (mut records, mut bytes, mut first) = (0, 0, i64::MAX);
+    for r in readers {
+        let (n, b, f) = r.join().expect("a baseline reader does not panic");
+        records += n;
+        bytes += b;
+        first = first.min(f);
+    }
+    println!("{records} {bytes} {first}");
+}
+
+/// One thread of the baseline: one consumer, configured like waterline's source, reading
+/// `mine` (partition, (low, high)) from the beginning to `high`. Returns records, bytes
+/// (key + payload) and the epoch ms of its first record.
+fn read_partitions(
+    bootstrap: &str,
+    topic: &str,
+    thread: i32,
+    mine: &[(i32, (i64, i64))],
+) -> (i64, i64, i64) {
+    // The options src/source/kafka.rs sets; the rest (fetch and queue sizes) are
+    // librdkafka's defaults there too.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-baseline"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("client.id", format!("{topic}-baseline-{thread}"))
+        .create()
+        .expect("a consumer with valid settings");
+    let mut tpl = TopicPartitionList::new();
+    for (p, _) in mine {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("a fresh list takes any partition");
+    }
+    consumer.assign(&tpl).expect("assigning partitions");
+    let end = |p: i32| {
+        mine.iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, (_, high))| *high)
+    };
+    let mut open: Vec<i32> = mine
+        .iter()
+        .filter(|(_, (low, high))| low < high)
+        .map(|(p, _)| *p)
+        .collect();
+    let (mut records, mut bytes, mut first) = (0, 0, i64::MAX);
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if records == 0 {
+                    first = common::now_ms();
+                }
+                records += 1;
+                bytes += (m.key_len() + m.payload_len()) as i64;
+                if end(m.partition()).is_some_and(|high| m.offset() + 1 >= high) {
+                    open.retain(|p| *p != m.partition());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                let at = consumer.position().ok().and_then(|tpl| {
+                    match tpl.find_partition(topic, p)?.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    }
+                });
+                if at.zip(end(p)).is_some_and(|(at, high)| at >= high) {
+                    open.retain(|q| *q != p);
+                }
+            }
+            Some(Err(e)) => eprintln!("baseline consumer: {e} (retried)"),
+            None => {}
+        }
+    }
+    (records, bytes, first)
+}
+
+// --- waterline --------------------------------------------------------------------------
+
+/// `waterline run --until end` on fresh outputs; checks that every record produced is in
+/// exactly one output (a window's count, a dead letter or a late record).
+fn waterline_row(
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    guarantee: &str,
+    records: u64,
+    made: &mut Vec<String>,
+) -> Row {
+    let outputs = format!("{topic}-{guarantee}");
+    let app = format!("{outputs}-app");
+    let (windows, dlq, late) = (
+        format!("{outputs}-windows"),
+        format!("{outputs}-dlq"),
+        format!("{outputs}-late"),
+    );
+    made.extend([
+        windows.clone(),
+        dlq.clone(),
+        late.clone(),
+        format!("{app}.progress"),
+    ]);
+    let dataflow = trades_dataflow(dir, topic, &outputs, &[]);
+    let address = format!("127.0.0.1:{}", free_port());
+    let log = dir.join(format!("{outputs}.log"));
+    let mut command = waterline(bootstrap, &log);
+    command
+        .args(["run", "--dataflow", utf8(&dataflow), "--until", "end"])
+        .args(["-w", &WORKERS.to_string(), "--guarantee", guarantee])
+        .args(["--commit-interval", COMMIT_INTERVAL, "--log-level", "warn"])
+        .args(["--http-listen", &address])
+        .env("WATERLINE_APP_ID", &app);
+    let mut first_read_ms = None;
+    let run = measure(command, &log, || {
+        if first_read_ms.is_none()
+            && scrape_sum(&address, "waterline_records_read_total").is_some_and(|n| n > 0.0)
+        {
+            first_read_ms = Some(now_ms());
+        }
+    });
+
+    let (mut counted, mut letters, mut lates) = (0u64, 0u64, 0u64);
+    read_to_end(
+        bootstrap,
+        &format!("{outputs}-check"),
+        &[&windows, &dlq, &late],
+        |t, payload| {
+            if t == windows {
+                let v: serde_json::Value =
+                    serde_json::from_slice(payload).expect("window results are JSON");
+                counted += v["count"].as_u64().expect("trades.toml's windows count");
+            } else if t == dlq {
+                letters += 1;
+            } else {
+                lates += 1;
+            }
+        },
+    );
+    assert_eq!(
+        counted + letters + lates,
+        records,
+        "{guarantee}: every record produced is in one output: window counts {counted} + dead \
+         letters {letters} + late {lates}; see {}",
+        log.display()
+    );
+    eprintln!(
+        "e2e: waterline {guarantee}: {:.2} s; outputs hold window counts {counted} + dead \
+         letters {letters} + late {lates} = {records} records",
+        run.wall_s
+    );
+    Row {
+        label: format!("waterline, {guarantee}"),
+        events: records,
+        run,
+        first_read_ms,
+        latency: None,
+    }
+}
+
+// --- the report -------------------------------------------------------------------------
+
+type Latency<'a> = (&'a str, &'a str, f64, common::Latencies);
+
+fn print_report(
+    rows: &[Row],
+    latency: &[Latency],
+    feed: &Feed,
+    records: u64,
+    latency_secs: u64,
+    bootstrap: &str,
+) {
+    let base = &rows[1];
+    let (base_rate, base_steady) = (base.rate(), base.steady_rate());
+    println!(
+        "\n## waterline end to end: {records} trades, {PARTITIONS} partitions, {WORKERS} \
+         workers, commit interval {COMMIT_INTERVAL}, Apache Kafka at {bootstrap}\n"
+    );
+    println!(
+        "| run | events/s | excl. start-up | × baseline ({WORKERS} threads) | wall s | CPU s | \
+         events per CPU-s | peak RSS | p50 | p99 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let steady = r.steady_rate();
+        let ms = |q| {
+            r.latency.as_ref().map_or_else(
+                || "—".to_string(),
+                |l| format!("{:.0} ms", percentile(l, q)),
+            )
+        };
+        println!(
+            "| {} | {:.0} | {} | {:.2}× ({}) | {:.2} | {:.2} | {:.0} | {:.1} MiB | {} | {} |",
+            r.label,
+            r.rate(),
+            steady.map_or_else(|| "?".to_string(), |s| format!("{s:.0}")),
+            r.rate() / base_rate,
+            steady
+                .zip(base_steady)
+                .map_or_else(|| "?".to_string(), |(s, b)| format!("{:.2}×", s / b)),
+            r.run.wall_s,
+            r.run.cpu_s,
+            r.events as f64 / r.run.cpu_s.max(0.01),
+            r.run.peak_rss_kib as f64 / 1024.0,
+            ms(0.5),
+            ms(0.99),
+        );
+    }
+    println!(
+        "\n× baseline: events/s start to exit, and (in parentheses) excluding start-up. p50/p99: \
+         dead letters, dataflow as shipped (out-of-orderness 5 s), fed at {:.0}/s = 0.5 × \
+         exactly-once excl. start-up.\n",
+        feed.rate
+    );
+    println!(
+        "| latency ({latency_secs} s measured) | out-of-orderness | samples | n | p50 | p99 | max \
+         | target p99 | fed/s | caught up after | behind at end |"
+    );
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (guarantee, ooo, ooo_ms, l) in latency {
+        for (what, samples) in [("dead letters", &l.dead_letters), ("windows", &l.windows)] {
+            println!(
+                "| {guarantee} | {ooo} | {what} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | \
+                 {:.0} | {} | {} |",
+                samples.len(),
+                percentile(samples, 0.5),
+                percentile(samples, 0.99),
+                percentile(samples, 1.0),
+                target_ms(*ooo_ms),
+                l.fed_rate,
+                l.caught_up_s
+                    .map_or_else(|| "never".to_string(), |s| format!("{s:.1} s")),
+                l.behind_at_end
+                    .map_or_else(|| "?".to_string(), |b| format!("{b:.0} records")),
+            );
+        }
+    }
+    println!();
+
+    let (alo, eo) = (&rows[2], &rows[3]);
+    let check = |pass: bool, text: String| {
+        println!("{} {text}", if pass { "PASS" } else { "MISS" });
+    };
+    let steady_ratio = |a: &Row, b: &Row| {
+        a.steady_rate()
+            .zip(b.steady_rate())
+            .map_or_else(|| "?".to_string(), |(a, b)| format!("{:.2}", a / b))
+    };
+    check(
+        eo.rate() >= 0.5 * base_rate,
+        format!(
+            "exactly-once ≥ 50% of the baseline ({WORKERS} threads): {:.2} ({:.0} vs {:.0} \
+             events/s; excluding start-up {})",
+            eo.rate() / base_rate,
+            eo.rate(),
+            base_rate,
+            steady_ratio(eo, base)
+        ),
+    );
+    check(
+        eo.rate() >= 0.8 * alo.rate(),
+        format!(
+            "exactly-once ≥ 80% of at-least-once: {:.2} ({:.0} vs {:.0} events/s; excluding \
+             start-up {})",
+            eo.rate() / alo.rate(),
+            eo.rate(),
+            alo.rate(),
+            steady_ratio(eo, alo)
+        ),
+    );
+    for (guarantee, ooo, ooo_ms, l) in latency {
+        for (what, samples) in [("dead letters", &l.dead_letters), ("windows", &l.windows)] {
+            let p99 = percentile(samples, 0.99);
+            check(
+                p99 <= target_ms(*ooo_ms),
+                format!(
+                    "p99 ≤ out-of-orderness + commit interval + 50 ms, {guarantee}, \
+                     out-of-orderness {ooo}, {what}: {p99:.0} ms vs {:.0} ms",
+                    target_ms(*ooo_ms)
+                ),
+            );
+        }
+    }
+    println!(
+        "\nReproduce: WATERLINE_BENCH_MILLIONS={} WATERLINE_BENCH_LATENCY_SECS={latency_secs} \
+         scripts/bench.sh",
+        records as f64 / 1e6
+    );
+}
+
+fn target_ms(ooo_ms: f64) -> f64 {
+    ooo_ms + COMMIT_INTERVAL_MS + 50.0
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark (benches/e2e.rs): in one run, against a real Apache Kafka broker,
+# a bare librdkafka consumer (the input side's limit) and waterline's trades dataflow,
+# at-least-once and exactly-once, on the same pre-produced topic; then end-to-end latency at
+# half the exactly-once rate. Prints a markdown table (events/s, ratio to the baseline, CPU
+# seconds, events per CPU-second, peak RSS, latency p50/p99), a latency table and the
+# target checks as PASS/MISS lines.
+#
+#   scripts/bench.sh                      # 2 million trades, 20 s per latency mode: ~7 min
+#   WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
+#
+# Settings (environment):
+#   KAFKA_BOOTSTRAP               a broker to use; unset: scripts/kafka.sh starts one (and
+#                                 leaves it running)
+#   WATERLINE_BENCH_MILLIONS      million trades to pre-produce (default 2; fractions work)
+#   WATERLINE_BENCH_LATENCY_SECS  measured seconds per latency mode (default 20)
+#
+# Progress goes to stderr, the report to stdout; exits non-zero if a run dies, reads fewer
+# records than were produced, or a latency sample set is empty.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
+    KAFKA_BOOTSTRAP=$(scripts/kafka.sh start | tail -n 1)
+fi
+export KAFKA_BOOTSTRAP
+
+# Release build of the binary and the harness (the bench profile is release's).
+cargo bench --bench e2e --no-run >&2
+exec cargo bench --bench e2e
