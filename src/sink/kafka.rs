@@ -7,6 +7,13 @@
 //! progress record. At-least-once: the idempotent producer, and a commit is a flush
 //! followed by the progress record. Delivery failures fail the commit: an output that could
 //! not be written is never silently dropped.
+//!
+//! Commits run off the worker thread. [`Writer::start_commit`] sends the progress record
+//! and hands the flush and `commit_transaction` (which wait for the broker: about 100 ms
+//! per commit on a busy broker) to a thread of their own; the sink keeps buffering outputs
+//! meanwhile and writes nothing until [`Writer::finish_commit`] reports the outcome, so a
+//! transaction holds exactly what it held before, while the worker goes on reading and
+//! computing instead of waiting.
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -15,7 +22,9 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
@@ -82,7 +91,11 @@ fn record_failure(metrics: &Metrics, first_error: &Mutex<Option<String>>, messag
 
 /// A worker's Kafka writer.
 pub struct KafkaWriter {
-    producer: ThreadedProducer<DeliveryTracker>,
+    /// Polled by the sink itself ([`Writer::poll`], and while flushing), not by a thread of
+    /// rdkafka's `ThreadedProducer`: that thread takes the delivery reports a flush waits
+    /// for, so each flush (and so each commit) sat out rdkafka's 100 ms poll slices after
+    /// the last delivery, which blocked the worker for half of a 200 ms commit interval.
+    producer: Arc<BaseProducer<DeliveryTracker>>,
     topics: Rc<Topics>,
     progress_topic: String,
     progress_key: String,
@@ -92,6 +105,9 @@ pub struct KafkaWriter {
     metrics: Metrics,
     /// Records written, per topic index.
     written: Vec<prometheus::IntCounter>,
+    /// The commit running on its own thread: its outcome, and whether the transaction is
+    /// still open afterwards (a failed commit leaves it to [`Writer::abort`]).
+    committing: Option<std::thread::JoinHandle<(Result<(), String>, bool)>>,
 }
 
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -133,7 +149,7 @@ impl KafkaWriter {
         for (k, v) in &config.kafka_properties {
             c.set(k, v);
         }
-        let producer: ThreadedProducer<DeliveryTracker> = c
+        let producer: BaseProducer<DeliveryTracker> = c
             .create_with_context(DeliveryTracker {
                 first_error: Arc::clone(&first_error),
                 metrics: metrics.clone(),
@@ -161,7 +177,7 @@ impl KafkaWriter {
         }
         let written = topics.names.iter().map(|t| metrics.written(t)).collect();
         Ok(KafkaWriter {
-            producer,
+            producer: Arc::new(producer),
             topics,
             progress_topic: progress_topic.to_string(),
             progress_key: format!("worker-{worker}"),
@@ -170,6 +186,7 @@ impl KafkaWriter {
             first_error,
             written,
             metrics,
+            committing: None,
         })
     }
 }
@@ -226,7 +243,63 @@ pub fn fence_workers(
     })
 }
 
+/// The part of a commit that waits for the broker, on the commit thread: flush (and with
+/// exactly-once, commit the transaction), then check the deliveries. Returns the outcome
+/// and whether the transaction is still open.
+fn finish(
+    producer: &BaseProducer<DeliveryTracker>,
+    transactional: bool,
+    first_error: &Mutex<Option<String>>,
+) -> (Result<(), String>, bool) {
+    crate::fault::point("before-commit");
+    if transactional && crate::fault::fails("commit-fails") {
+        if let Err(e) = producer.abort_transaction(Timeout::After(FLUSH_TIMEOUT)) {
+            tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
+        }
+        return (
+            Err("commit failed: transaction aborted (injected by WATERLINE_FAULT)".into()),
+            false,
+        );
+    }
+    if transactional {
+        if let Err(e) = producer.commit_transaction(Timeout::After(FLUSH_TIMEOUT)) {
+            let message = match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::ProducerFenced) => {
+                    format!("fenced: another instance of this job took over ({e}); this one stops")
+                }
+                _ => format!("commit failed: {e}"),
+            };
+            return (Err(message), true);
+        }
+    } else if let Err(e) = producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
+        return (Err(format!("producer flush failed: {e}")), false);
+    }
+    let failed = first_error
+        .lock()
+        .expect("no thread panics holding the delivery lock")
+        .take();
+    match failed {
+        Some(e) => (Err(e), false),
+        None => {
+            crate::fault::point("after-commit");
+            (Ok(()), false)
+        }
+    }
+}
+
 impl KafkaWriter {
+    /// Waits for the commit in flight; its outcome (`Ok` when none was in flight).
+    fn join_commit(&mut self) -> Result<(), String> {
+        let Some(thread) = self.committing.take() else {
+            return Ok(());
+        };
+        let (result, open) = thread
+            .join()
+            .unwrap_or_else(|_| (Err("the commit thread panicked".into()), true));
+        self.in_transaction = open && self.transactional;
+        result
+    }
+
     fn begin(&mut self) -> Result<(), String> {
         if self.transactional && !self.in_transaction {
             self.producer
@@ -243,6 +316,14 @@ impl KafkaWriter {
 }
 
 impl Writer for KafkaWriter {
+    fn poll(&mut self) {
+        // Delivery reports and statistics, without waiting; not while a commit thread
+        // flushes, whose wait they would cut short by taking its delivery reports.
+        if self.committing.is_none() {
+            self.producer.poll(Duration::ZERO);
+        }
+    }
+
     fn write(&mut self, record: &OutRecord) {
         if let Err(e) = self.begin() {
             self.fail(e);
@@ -277,9 +358,9 @@ impl Writer for KafkaWriter {
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: wait for deliveries to drain it.
+                    // The local queue is full: serve deliveries until it drains.
                     r = back;
-                    std::thread::sleep(Duration::from_millis(1));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
                     let message = format!("cannot produce to {topic}/{}: {e}", record.partition);
@@ -290,7 +371,11 @@ impl Writer for KafkaWriter {
         }
     }
 
-    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+    fn start_commit(&mut self, progress: &Progress) -> Result<(), String> {
+        assert!(
+            self.committing.is_none(),
+            "a sink starts a commit only once the previous one has finished"
+        );
         self.begin()?;
         let payload = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
         let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
@@ -300,41 +385,38 @@ impl Writer for KafkaWriter {
         self.producer
             .send(record)
             .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
-        crate::fault::point("before-commit");
-        if self.transactional && crate::fault::fails("commit-fails") {
-            self.abort();
-            return Err("commit failed: transaction aborted (injected by WATERLINE_FAULT)".into());
+        let producer = Arc::clone(&self.producer);
+        let first_error = Arc::clone(&self.first_error);
+        let transactional = self.transactional;
+        let span = tracing::Span::current();
+        let thread = std::thread::Builder::new()
+            .name("waterline-commit".into())
+            .spawn(move || {
+                let _span = span.entered();
+                finish(&producer, transactional, &first_error)
+            })
+            .map_err(|e| format!("cannot start the commit thread: {e}"))?;
+        self.committing = Some(thread);
+        Ok(())
+    }
+
+    fn finish_commit(&mut self) -> Option<Result<(), String>> {
+        if !self.committing.as_ref()?.is_finished() {
+            return None;
         }
-        if self.transactional {
-            self.producer
-                .commit_transaction(Timeout::After(FLUSH_TIMEOUT))
-                .map_err(|e| match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::ProducerFenced) => format!(
-                        "fenced: another instance of this job took over ({e}); this one stops"
-                    ),
-                    _ => format!("commit failed: {e}"),
-                })?;
-            self.in_transaction = false;
-        } else {
-            self.producer
-                .flush(Timeout::After(FLUSH_TIMEOUT))
-                .map_err(|e| format!("producer flush failed: {e}"))?;
-        }
-        match self
-            .first_error
-            .lock()
-            .expect("no thread panics holding the delivery lock")
-            .take()
-        {
-            Some(e) => Err(e),
-            None => {
-                crate::fault::point("after-commit");
-                Ok(())
-            }
-        }
+        Some(self.join_commit())
+    }
+
+    fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+        self.start_commit(progress)?;
+        self.join_commit()
     }
 
     fn abort(&mut self) {
+        if self.committing.is_some() {
+            // Let the commit in flight finish (or fail) first.
+            let _ = self.join_commit();
+        }
         if self.transactional && self.in_transaction {
             if let Err(e) = self
                 .producer

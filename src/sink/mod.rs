@@ -45,8 +45,19 @@ pub trait Writer {
     /// Gives background work a chance to run (delivery reports); cheap.
     fn poll(&mut self) {}
     /// Makes everything written since the last commit durable, together with `progress`,
-    /// or fails.
+    /// or fails; waits until it is done.
     fn commit(&mut self, progress: &Progress) -> Result<(), String>;
+    /// Starts [`Writer::commit`] without waiting for it; [`Writer::finish_commit`] reports
+    /// the outcome. Nothing is written in between. A writer that commits at once does so
+    /// here.
+    fn start_commit(&mut self, progress: &Progress) -> Result<(), String> {
+        self.commit(progress)
+    }
+    /// The outcome of the commit [`Writer::start_commit`] started, once it is known;
+    /// `None` while it runs.
+    fn finish_commit(&mut self) -> Option<Result<(), String>> {
+        Some(Ok(()))
+    }
     /// Abandons what was written since the last commit (a stop between commits).
     fn abort(&mut self) {}
 }
@@ -158,6 +169,20 @@ impl Notes {
     }
 }
 
+/// How often a sink looks whether the commit it started has finished.
+const COMMIT_POLL: Duration = Duration::from_millis(1);
+
+/// A commit the writer runs while the sink goes on buffering.
+struct InFlight {
+    /// The frontier it commits.
+    frontier: u64,
+    /// (event time, records) it writes, for the latency metric.
+    written: Vec<(u64, u64)>,
+    /// The append times of their inputs.
+    appended: Vec<u64>,
+    started: Instant,
+}
+
 /// Routes a record to the worker owning its topic partition.
 pub fn route(record: &OutRecord) -> u64 {
     (u64::from(record.topic) << 32) | u64::from(record.partition as u32)
@@ -197,6 +222,7 @@ pub fn sink<'s, W: Writer + 'static>(
         let mut frontiers = config.recovered_frontiers.clone();
         let mut committed = recovered;
         let mut last_commit = Instant::now();
+        let mut in_flight: Option<InFlight> = None;
         move |input_frontiers| {
             heard.for_each(|_cap, data| {
                 for (worker, frontier) in data.drain(..) {
@@ -236,8 +262,41 @@ pub fn sink<'s, W: Writer + 'static>(
                 .map(|f| f.frontier().iter().copied().min().unwrap_or(u64::MAX))
                 .min()
                 .unwrap_or(u64::MAX);
-            let due = frontier == u64::MAX || last_commit.elapsed() >= config.commit_interval;
-            if frontier > committed && due {
+            loop {
+                if let Some(commit) = in_flight.as_ref() {
+                    let outcome = writer.borrow_mut().finish_commit();
+                    match outcome {
+                        None => break, // still running: outputs keep buffering meanwhile
+                        Some(Ok(())) => {
+                            metrics.committed(
+                                me,
+                                commit.started.elapsed(),
+                                &commit.written,
+                                &commit.appended,
+                            );
+                            tracing::debug!(frontier = commit.frontier, "committed");
+                            committed = commit.frontier;
+                            last_commit = Instant::now();
+                            state.borrow_mut().committed = committed;
+                            if let Some(cap) = commits_cap.as_mut() {
+                                commits_out.activate().session(cap).give((me, committed));
+                                if committed != u64::MAX {
+                                    cap.downgrade(&committed);
+                                }
+                            }
+                            in_flight = None;
+                        }
+                        Some(Err(e)) => {
+                            metrics.commit_failed(me);
+                            state.borrow_mut().error = Some(e);
+                            return;
+                        }
+                    }
+                }
+                let due = frontier == u64::MAX || last_commit.elapsed() >= config.commit_interval;
+                if !(frontier > committed && due) {
+                    break;
+                }
                 let mut w = writer.borrow_mut();
                 // (event time, records) written in this commit, and the append times of
                 // their inputs, for the latency metric.
@@ -279,32 +338,24 @@ pub fn sink<'s, W: Writer + 'static>(
                     ..config.template.clone()
                 };
                 let started = Instant::now();
-                let result = w.commit(&progress);
-                match result {
-                    Ok(()) => {
-                        metrics.committed(me, started.elapsed(), &written, &appended);
-                        tracing::debug!(frontier, "committed");
-                        committed = frontier;
-                        last_commit = Instant::now();
-                        state.borrow_mut().committed = frontier;
-                        if let Some(cap) = commits_cap.as_mut() {
-                            commits_out.activate().session(cap).give((me, frontier));
-                            if frontier != u64::MAX {
-                                cap.downgrade(&frontier);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        metrics.commit_failed(me);
-                        state.borrow_mut().error = Some(e);
-                        return;
-                    }
+                if let Err(e) = w.start_commit(&progress) {
+                    metrics.commit_failed(me);
+                    state.borrow_mut().error = Some(e);
+                    return;
                 }
+                in_flight = Some(InFlight {
+                    frontier,
+                    written,
+                    appended,
+                    started,
+                });
             }
             metrics.commit_due(me, frontier > committed);
             if committed == u64::MAX {
                 commits_cap = None;
                 state.borrow_mut().complete = true;
+            } else if in_flight.is_some() {
+                activator.activate_after(COMMIT_POLL);
             } else if frontier > committed {
                 activator
                     .activate_after(config.commit_interval.saturating_sub(last_commit.elapsed()));
