@@ -45,6 +45,7 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod nexmark;
 pub mod output;
 pub mod pipeline;
 pub mod produce;
