@@ -7,8 +7,9 @@
 //! whose auction opens in the next window (no result), late events (ignored).
 //!
 //! Each event enters the dataflow at `max(date_time, watermark)` like waterline's own source,
-//! with `watermark = max date_time seen − max out-of-orderness`; the naive recomputation
-//! ignores exactly the events whose timestamp is past their window's end.
+//! with `watermark = max date_time seen − max out-of-orderness`, optionally rounded up to a
+//! coarser tick so that many events share a timestamp (and a batch); the naive recomputation
+//! ignores exactly the events whose timestamp is at or past their window's end (late).
 //!
 //! `throughput_in_process` (ignored) is the in-process speed check of both queries:
 //! `cargo test --release --test nexmark_joins -- --ignored --nocapture throughput`
@@ -142,26 +143,29 @@ fn generate(config: &GenConfig) -> Vec<Event> {
     out
 }
 
-/// Each event with the timestamp at which a waterline source would put it:
-/// `max(date_time, max date_time seen − disorder)`.
-fn stamp(events: Vec<Event>, disorder: u64) -> Vec<Timed> {
+/// Each event with the timestamp at which a waterline source would put it,
+/// `max(date_time, max date_time seen − disorder)`, rounded up to a multiple of `tick`
+/// (but an on-time event not past its window's last millisecond).
+fn stamp(events: Vec<Event>, disorder: u64, tick: u64) -> Vec<Timed> {
     let mut max_seen = 0;
     events
         .into_iter()
         .map(|event| {
             max_seen = max_seen.max(event.date_time());
-            (
-                event.date_time().max(max_seen.saturating_sub(disorder)),
-                event,
-            )
+            let time = event.date_time().max(max_seen.saturating_sub(disorder));
+            let end = naive_window(event.date_time()).1;
+            let mut ticked = time.div_ceil(tick) * tick;
+            if time < end {
+                ticked = ticked.min(end - 1);
+            }
+            (ticked, event)
         })
         .collect()
-}
-
-// ---------------------------------------------------------------- running a query
+} // ---------------------------------------------------------------- running a query
 
 /// Runs `query` over `events` on `workers` workers (event `i` is sent by worker
-/// `i % workers`), returning every output update and checking the stream's time invariants.
+/// `i % workers`; a worker's consecutive events at one timestamp go in one batch), returning
+/// every output update.
 fn run<R>(
     events: Vec<Timed>,
     workers: usize,
@@ -189,17 +193,30 @@ where
         for i in (0..events.len().saturating_sub(1)).rev() {
             later[i] = later[i + 1].min(events[i + 1].0);
         }
+        let mut batch: Vec<Event> = Vec::new();
+        let mut batch_time = 0;
         for (i, (time, event)) in events.iter().enumerate() {
             if i % peers == index {
-                input
-                    .activate()
-                    .session(&cap.delayed(time))
-                    .give(event.clone());
+                if *time != batch_time && !batch.is_empty() {
+                    input
+                        .activate()
+                        .session(&cap.delayed(&batch_time))
+                        .give_container(&mut batch);
+                    batch.clear();
+                }
+                batch_time = *time;
+                batch.push(event.clone());
             }
-            if i % 64 == 63 && *cap.time() < later[i] {
-                cap = cap.delayed(&later[i]);
+            if i % 64 == 63 && *cap.time() < later[i].min(batch_time) {
+                cap = cap.delayed(&later[i].min(batch_time));
                 worker.step();
             }
+        }
+        if !batch.is_empty() {
+            input
+                .activate()
+                .session(&cap.delayed(&batch_time))
+                .give_container(&mut batch);
         }
         drop(cap);
         drop(input);
@@ -250,7 +267,7 @@ fn naive_q7(events: &[Timed]) -> Vec<Q7Row> {
     for (time, event) in events {
         if let Event::Bid(bid) = event {
             let (_, end) = naive_window(bid.date_time);
-            if *time <= end {
+            if *time < end {
                 bids_by_window.entry(end).or_default().push(bid);
             }
         }
@@ -282,7 +299,7 @@ fn naive_q7(events: &[Timed]) -> Vec<Q7Row> {
 /// q8 by brute force: for every on-time person, is there an on-time auction by them that
 /// opened in the window in which they registered?
 fn naive_q8(events: &[Timed]) -> Vec<Q8Row> {
-    let on_time = |time: u64, date_time: u64| time <= naive_window(date_time).1;
+    let on_time = |time: u64, date_time: u64| time < naive_window(date_time).1;
     let mut out = BTreeSet::new();
     for (time, event) in events {
         let Event::Person(person) = event else {
@@ -366,12 +383,19 @@ fn q7_row(auction: u64, price: u64, bidder: u64, date_time: u64, window_end: u64
 /// The hand-written events, in arrival order, with their timestamps.
 fn hand_written() -> Vec<Timed> {
     vec![
-        // Window [0, 10 000): a tie at the highest price 70, a lower bid before and after.
+        // Window [0, 10 000): lower bids, one per timestamp, then one timestamp with a rising
+        // price and a four-way tie at the highest price 95 (two on each of two workers).
         (100, bid(1, 11, 50, 100)),
         (9_700, auction(103, 3, 9_600)),
         (200, bid(1, 12, 70, 200)),
         (300, bid(2, 13, 70, 300)),
         (400, bid(2, 14, 60, 400)),
+        (5_000, bid(3, 21, 40, 4_990)),
+        (5_000, bid(4, 22, 95, 4_991)),
+        (5_000, bid(5, 23, 95, 4_992)),
+        (5_000, bid(6, 24, 80, 4_993)),
+        (5_000, bid(7, 25, 95, 4_994)),
+        (5_000, bid(8, 26, 95, 4_995)),
         // Person 1 registers at the end of the first window and opens an auction at the start
         // of the next one: no q8 row.
         (9_990, person(1, "ada", 9_990)),
@@ -381,6 +405,7 @@ fn hand_written() -> Vec<Timed> {
         (10_200, auction(101, 2, 10_200)),
         (10_300, auction(102, 2, 10_300)),
         (10_400, bid(101, 2, 5, 10_400)),
+        (10_450, bid(102, 3, 5, 10_450)),
         // A late bid of the first window (its timestamp, the watermark, is past 10 000): a
         // higher price, ignored.
         (10_500, bid(1, 15, 999, 9_000)),
@@ -389,8 +414,10 @@ fn hand_written() -> Vec<Timed> {
         // Window [20 000, 30 000): an auction, then the person, both on time: one q8 row.
         (20_100, auction(104, 4, 20_100)),
         (20_200, person(4, "dee", 20_150)),
-        // A bid whose timestamp is exactly its window's end is on time.
-        (30_000, bid(7, 16, 3, 29_999)),
+        // Window [20 000, 30 000): a bid in its last millisecond is on time; a higher one at
+        // a timestamp of exactly the window's end is late.
+        (29_999, bid(7, 16, 3, 29_999)),
+        (30_000, bid(8, 17, 9, 29_998)),
     ]
 }
 
@@ -407,9 +434,12 @@ fn q8_end(row: &Q8Row) -> u64 {
 #[test]
 fn q7_hand_written_ties_and_late_bids() {
     let expected = vec![
-        q7_row(1, 70, 12, 200, 10_000),
-        q7_row(2, 70, 13, 300, 10_000),
+        q7_row(4, 95, 22, 4_991, 10_000),
+        q7_row(5, 95, 23, 4_992, 10_000),
+        q7_row(7, 95, 25, 4_994, 10_000),
+        q7_row(8, 95, 26, 4_995, 10_000),
         q7_row(101, 5, 2, 10_400, 20_000),
+        q7_row(102, 5, 3, 10_450, 20_000),
         q7_row(7, 3, 16, 29_999, 30_000),
     ];
     let mut sorted = expected.clone();
@@ -448,7 +478,7 @@ fn q8_hand_written_same_window_only() {
     }
 }
 
-fn generated(seed: u64) -> Vec<Timed> {
+fn generated(seed: u64, tick: u64) -> Vec<Timed> {
     let config = GenConfig {
         seed,
         events: 40_000,
@@ -458,13 +488,13 @@ fn generated(seed: u64) -> Vec<Timed> {
         late_percent: 1,
         max_price: 500,
     };
-    stamp(generate(&config), DISORDER)
+    stamp(generate(&config), DISORDER, tick)
 }
 
 #[test]
 fn q7_matches_naive_on_generated_events() {
-    for seed in [1, 2, 3] {
-        let events = generated(seed);
+    for (seed, tick) in [(1, 1), (2, 100), (3, 100)] {
+        let events = generated(seed, tick);
         let expected = naive_q7(&events);
         // The input is worth checking against: several windows, ties, late bids.
         let windows: BTreeSet<u64> = expected.iter().map(|row| row.window_end).collect();
@@ -475,7 +505,7 @@ fn q7_matches_naive_on_generated_events() {
         );
         let late = events
             .iter()
-            .filter(|(time, event)| *time > naive_window(event.date_time()).1)
+            .filter(|(time, event)| *time >= naive_window(event.date_time()).1)
             .count();
         assert!(late > 0, "seed {seed}: no late events");
         for workers in [1, 2] {
@@ -487,8 +517,8 @@ fn q7_matches_naive_on_generated_events() {
 
 #[test]
 fn q8_matches_naive_on_generated_events() {
-    for seed in [1, 2, 3] {
-        let events = generated(seed);
+    for (seed, tick) in [(1, 1), (2, 100), (3, 100)] {
+        let events = generated(seed, tick);
         let expected = naive_q8(&events);
         assert!(
             expected.len() >= 10,

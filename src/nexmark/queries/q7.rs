@@ -16,9 +16,9 @@
 //! Time: a bid in `[start, end)` enters the collection at time `end` (diff +1) and leaves it at
 //! `end + 1` (diff −1), so each window is computed once, when the frontier passes `end`, and its
 //! state is freed when the frontier passes `end + 1`: the arrangements hold
-//! O(open windows × top bids), not O(bids). A bid whose timestamp is past its window's end is
-//! late (its window may already have been emitted) and is ignored, deterministically: it is
-//! decided by the bid's timestamp, never by arrival order.
+//! O(open windows × top bids), not O(bids). A bid whose timestamp is at or past its window's
+//! end is late for it (its partition had already passed the end) and is ignored,
+//! deterministically: it is decided by the bid's timestamp, never by arrival order.
 //!
 //! Pre-aggregation: within each batch (one stamp) and window, only the bids at that batch's
 //! highest price can be at the window's highest price, so `WindowTopBids` passes only those,
@@ -120,9 +120,9 @@ fn window_top_bids<'s>(events: StreamVec<'s, u64, Event>) -> VecCollection<'s, u
                         for event in container.iter() {
                             let Event::Bid(bid) = event else { continue };
                             let (_, end) = tumbling::assign(WINDOW_MS, bid.date_time);
-                            if time > end || end == u64::MAX {
-                                // Late (its window may be final already), or so near the end of
-                                // time that its retraction has no time to go to.
+                            if time >= end || end == u64::MAX {
+                                // Late (its partition had passed the window's end), or so near
+                                // the end of time that its retraction has no time to go to.
                                 continue;
                             }
                             let candidate =

@@ -16,8 +16,8 @@
 //! Time: a person or auction in `[start, end)` enters its collection at time `end` (+1) and
 //! leaves it at `end + 1` (−1), so each window is joined once, when the frontier passes `end`,
 //! and its state is freed when the frontier passes `end + 1`: O(people and sellers × open
-//! windows). A person or auction whose timestamp is past its window's end is late (its window
-//! may already have been emitted) and is ignored, decided by its timestamp.
+//! windows). A person or auction whose timestamp is at or past its window's end is late for it
+//! (its partition had already passed the end) and is ignored, decided by its timestamp.
 //!
 //! Out: [`Q8Row`] updates `(row, window_start + 10 s, +1)`: each `(id, name, window_start)`
 //! once, emitted once the frontier has passed the window's end. The retractions at
@@ -103,7 +103,7 @@ fn split<'s>(
                         match event {
                             Event::Person(person) => {
                                 let (start, end) = tumbling::assign(WINDOW_MS, person.date_time);
-                                if time > end || end == u64::MAX {
+                                if time >= end || end == u64::MAX {
                                     continue;
                                 }
                                 let key = (person.id, start);
@@ -112,7 +112,7 @@ fn split<'s>(
                             }
                             Event::Auction(auction) => {
                                 let (start, end) = tumbling::assign(WINDOW_MS, auction.date_time);
-                                if time > end || end == u64::MAX {
+                                if time >= end || end == u64::MAX {
                                     continue;
                                 }
                                 batch_sellers.push((auction.seller, start));
