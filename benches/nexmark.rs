@@ -1,0 +1,2 @@
+//! Nexmark benchmarks (written next).
+fn main() {}
