@@ -17,4 +17,6 @@
 //! (tumbling 10 s join), q11 user sessions (10 s gap).
 
 pub mod generator;
+pub mod kafka;
 pub mod model;
+pub mod queries;
