@@ -79,7 +79,10 @@ fn final_rows<R: Ord + Debug>(updates: Vec<(R, u64, isize)>, end: impl Fn(&R) ->
     let mut rows = Vec::new();
     for (row, time, diff) in updates {
         assert_eq!(diff, 1, "{row:?}: every result once, as an insertion");
-        assert!(time >= end(&row), "{row:?} emitted at {time}, before its end");
+        assert!(
+            time >= end(&row),
+            "{row:?} emitted at {time}, before its end"
+        );
         rows.push(row);
     }
     rows.sort();
@@ -219,7 +222,11 @@ fn q11_matches_a_naive_recomputation() {
         let expected = naive_q11(&all, 10_000);
         assert_ne!(expected, naive_q11(&all, 9_999));
         let multi = expected.iter().filter(|r| r.bid_count > 1).count();
-        assert!(multi > 10 && multi < expected.len(), "{multi} of {}", expected.len());
+        assert!(
+            multi > 10 && multi < expected.len(),
+            "{multi} of {}",
+            expected.len()
+        );
         for workers in [1, 2] {
             let got = final_rows(run(workers, &c, N, q11), |r| r.session_end);
             assert_eq!(got, expected, "q11 at {rate}/s with {workers} workers");
@@ -265,14 +272,104 @@ fn events_round_trip_through_kafka() {
         })
         .expect("timely runs");
     }
-    let mut got: Vec<Event> = read.lock().expect("not poisoned").drain(..).map(|(e, _, _)| e).collect();
+    let mut got: Vec<Event> = read
+        .lock()
+        .expect("not poisoned")
+        .drain(..)
+        .map(|(e, _, _)| e)
+        .collect();
     got.sort();
     let mut expected = events(&c, n);
     expected.sort();
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "the events read are the events produced");
     assert_eq!(counts.records.load(std::sync::atomic::Ordering::Relaxed), n);
-    assert_eq!(counts.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
-    let q5_rows = final_rows(q5_out.lock().expect("not poisoned").drain(..).collect(), |r| r.window_end);
+    assert_eq!(
+        counts
+            .decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let q5_rows = final_rows(
+        q5_out.lock().expect("not poisoned").drain(..).collect(),
+        |r| r.window_end,
+    );
     assert_eq!(q5_rows, naive_q5(&events(&c, n), 10_000, 2_000));
+}
+
+fn waterline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_cli_runs_a_query_and_names_bad_flags() {
+    let out = waterline(&[
+        "nexmark", "run", "--query", "q5", "--events", "50000", "-w", "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The recomputation says how many rows.
+    let expected = naive_q5(&events(&GeneratorConfig::default(), 50_000), 10_000, 2_000);
+    assert!(stdout.contains("events: 50000\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("results: {}", expected.len())),
+        "{stdout}"
+    );
+    for line in [
+        "seconds: ",
+        "events/s: ",
+        "cpu seconds: ",
+        "events per cpu-second: ",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    for (args, flag) in [
+        (
+            &["nexmark", "run", "--query", "q9", "--events", "10"][..],
+            "--query",
+        ),
+        (
+            &["nexmark", "run", "--query", "q5", "--events", "ten"][..],
+            "--events",
+        ),
+        (
+            &[
+                "nexmark", "run", "--query", "q5", "--events", "10", "--rate", "0",
+            ][..],
+            "--rate",
+        ),
+        (
+            &[
+                "nexmark", "run", "--query", "q5", "--events", "10", "-w", "0",
+            ][..],
+            "--workers",
+        ),
+        (
+            &[
+                "nexmark",
+                "generate",
+                "--topic",
+                "t",
+                "--events",
+                "1",
+                "--partitions",
+                "0",
+            ][..],
+            "--partitions",
+        ),
+    ] {
+        let out = waterline(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(flag),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -20,3 +20,4 @@ pub mod generator;
 pub mod kafka;
 pub mod model;
 pub mod queries;
+pub mod run;
