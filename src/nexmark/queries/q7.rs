@@ -20,10 +20,10 @@
 //! end is late for it (its partition had already passed the end) and is ignored,
 //! deterministically: it is decided by the bid's timestamp, never by arrival order.
 //!
-//! Pre-aggregation: within each batch (one stamp) and window, only the bids at that batch's
-//! highest price can be at the window's highest price, so `WindowTopBids` passes only those,
-//! before any exchange or arrangement. The join and the max then see a few bids per batch
-//! and window instead of every bid.
+//! Pre-aggregation: of the bids one activation of `WindowTopBids` reads in one window, only
+//! those at their highest price can be at the window's highest price, so only those pass,
+//! before any exchange or arrangement. The max and the join then see a few bids per
+//! activation and window instead of every bid.
 //!
 //! Out: [`Q7Row`] updates `(row, window_end, +d)`, each row once, consolidated, emitted once
 //! the frontier has passed `window_end`; `d` is the number of identical bids (normally 1).
@@ -34,8 +34,8 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{Capability, Operator};
 
 use crate::nexmark::model::Event;
 use crate::window::tumbling;
@@ -108,14 +108,20 @@ pub fn q7<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q7Row, u
 fn window_top_bids<'s>(events: StreamVec<'s, u64, Event>) -> VecCollection<'s, u64, TopBid> {
     events
         .unary(Pipeline, "Q7WindowTopBids", |_, _| {
-            // Per stamp, reused: the open windows' highest prices, and the bids at them.
+            // Per activation, reused: the windows' highest prices, and the bids at them.
             let mut tops: Vec<(u64, u64)> = Vec::new();
             let mut candidates: Vec<TopBid> = Vec::new();
             move |input, output| {
+                // Every candidate is at a window end after its stamp, so all of them can go
+                // out under the activation's least stamp.
+                let mut least: Option<Capability<u64>> = None;
                 input.for_each_stamp(|cap, containers| {
-                    // A message without a stamp makes no claim about its time: no bid in it
-                    // can be told late, so all are taken.
-                    let time = cap.least().copied().unwrap_or(0);
+                    // A message without a stamp makes no claim about its time and cannot be
+                    // told late or on time; timely's advice is to drop it.
+                    let Some(&time) = cap.least() else { return };
+                    if least.as_ref().is_none_or(|c| time < *c.time()) {
+                        least = Some(cap.delayed(&time, output.output_index()));
+                    }
                     for container in containers {
                         for event in container.iter() {
                             let Event::Bid(bid) = event else { continue };
@@ -142,6 +148,8 @@ fn window_top_bids<'s>(events: StreamVec<'s, u64, Event>) -> VecCollection<'s, u
                             }
                         }
                     }
+                });
+                if let Some(cap) = least {
                     let mut session = output.session(&cap);
                     for (key, value) in candidates.drain(..) {
                         let end = key.0;
@@ -149,7 +157,7 @@ fn window_top_bids<'s>(events: StreamVec<'s, u64, Event>) -> VecCollection<'s, u
                         session.give(((key, value), end + 1, -1));
                     }
                     tops.clear();
-                });
+                }
             }
         })
         .as_collection()

@@ -10,8 +10,8 @@
 //!
 //! In: Nexmark events at timestamps at or after their `date_time` (the frontier is the
 //! watermark). Persons are read down to id, window and name; auctions down to seller and
-//! window, with the repeats of one seller in one window dropped within each batch before
-//! the exchange. Bids are skipped.
+//! window, with the repeats of one seller in one window dropped within each activation
+//! before the exchange. Bids are skipped.
 //!
 //! Time: a person or auction in `[start, end)` enters its collection at time `end` (+1) and
 //! leaves it at `end + 1` (−1), so each window is joined once, when the frontier passes `end`,
@@ -27,6 +27,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Filter;
@@ -53,6 +54,9 @@ pub struct Q8Row {
 type NewPerson = ((u64, u64), String);
 /// An auction projected to `((seller, window_start), ())`.
 type NewSeller = ((u64, u64), ());
+
+/// `Q8Split`'s output port of sellers (its first, 0, is persons').
+const SELLERS: usize = 1;
 
 /// Nexmark q8 over `events`: see the module docs for the times and the update semantics.
 pub fn q8<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q8Row, u64, isize)> {
@@ -88,18 +92,25 @@ fn split<'s>(
     let mut sellers_out = OutputBuilder::from(sellers_out);
 
     builder.build(move |_| {
-        // Per stamp, reused: the (seller, window_start) pairs seen.
+        // Per activation, reused: the (seller, window_start) pairs seen.
         let mut batch_sellers: Vec<(u64, u64)> = Vec::new();
         move |_frontiers| {
             let mut persons_out = persons_out.activate();
             let mut sellers_out = sellers_out.activate();
+            // Every seller is at a window end after its stamp, so all of them can go out
+            // under the activation's least stamp.
+            let mut least: Option<Capability<u64>> = None;
             input.for_each_stamp(|cap, containers| {
-                // A message without a stamp makes no claim about its time: none of its
-                // events can be told late, so all are taken.
-                let time = cap.least().copied().unwrap_or(0);
+                // A message without a stamp makes no claim about its time and cannot be told
+                // late or on time; timely's advice is to drop it.
+                let Some(&time) = cap.least() else { return };
+                if least.as_ref().is_none_or(|c| time < *c.time()) {
+                    least = Some(cap.delayed(&time, SELLERS));
+                }
                 let mut persons = persons_out.session(&cap);
                 for container in containers {
-                    for event in container.iter() {
+                    // Drained: a person's name moves into its update instead of being copied.
+                    for event in container.drain(..) {
                         match event {
                             Event::Person(person) => {
                                 let (start, end) = tumbling::assign(WINDOW_MS, person.date_time);
@@ -107,8 +118,8 @@ fn split<'s>(
                                     continue;
                                 }
                                 let key = (person.id, start);
-                                persons.give(((key, person.name.clone()), end, 1));
                                 persons.give(((key, person.name.clone()), end + 1, -1));
+                                persons.give(((key, person.name), end, 1));
                             }
                             Event::Auction(auction) => {
                                 let (start, end) = tumbling::assign(WINDOW_MS, auction.date_time);
@@ -121,7 +132,8 @@ fn split<'s>(
                         }
                     }
                 }
-                drop(persons);
+            });
+            if let Some(cap) = least {
                 batch_sellers.sort_unstable();
                 batch_sellers.dedup();
                 let mut sellers = sellers_out.session(&cap);
@@ -130,7 +142,7 @@ fn split<'s>(
                     sellers.give(((key, ()), end, 1));
                     sellers.give(((key, ()), end + 1, -1));
                 }
-            });
+            }
         }
     });
 
