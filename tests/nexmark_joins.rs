@@ -10,19 +10,16 @@
 //! with `watermark = max date_time seen − max out-of-orderness`, optionally rounded up to a
 //! coarser tick so that many events share a timestamp (and a batch); the naive recomputation
 //! ignores exactly the events whose timestamp is at or past their window's end (late).
-//!
-//! `throughput_in_process` (ignored) is the in-process speed check of both queries:
-//! `cargo test --release --test nexmark_joins -- --ignored --nocapture throughput`
-//! (`NEXMARK_JOINS_EVENTS`, default 10,000,000; `NEXMARK_JOINS_RATE` event-time events/s,
-//! default 10,000,000; `NEXMARK_JOINS_BATCH`, default 4096).
+//! The last test runs both queries over the project's standard generator
+//! ([`waterline::nexmark::generator`]) too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::UnorderedInput;
 use timely::dataflow::operators::{Inspect, Probe};
+use waterline::nexmark::generator::{Generator, GeneratorConfig};
 use waterline::nexmark::model::{Auction, Bid, Event, Person};
 use waterline::nexmark::queries::q7::{Q7Row, q7};
 use waterline::nexmark::queries::q8::{Q8Row, q8};
@@ -545,95 +542,35 @@ fn q8_matches_naive_on_generated_events() {
     }
 }
 
-// ---------------------------------------------------------------- speed check
+// ---------------------------------------------------------------- the standard generator
 
-fn env_or(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
-
-/// Feeds pre-generated events to one worker in batches, each batch within one window at the
-/// batch's greatest `date_time`, and returns the processing time (generation excluded) and
-/// the number of output updates.
-fn time_query<R: 'static>(
-    batches: Vec<Vec<Event>>,
-    query: for<'s> fn(StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (R, u64, isize)>,
-) -> (Duration, usize) {
-    timely::execute_directly(move |worker| {
-        let outputs = std::rc::Rc::new(std::cell::Cell::new(0usize));
-        let count = std::rc::Rc::clone(&outputs);
-        let ((mut input, mut cap), probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, stream) = scope.new_unordered_input::<Event>();
-            let (probe, _) = query(stream)
-                .inspect_core(move |event| {
-                    if let Ok((_, updates)) = event {
-                        count.set(count.get() + updates.len());
-                    }
-                })
-                .probe();
-            (input, probe)
-        });
-        let start = Instant::now();
-        for mut batch in batches {
-            let time = batch.iter().map(Event::date_time).max().unwrap_or(0);
-            cap = cap.delayed(&time);
-            input.activate().session(&cap).give_container(&mut batch);
-            worker.step();
-        }
-        drop(cap);
-        drop(input);
-        while !probe.done() {
-            worker.step();
-        }
-        (start.elapsed(), outputs.get())
-    })
+/// The standard generator's events, stamped by 100 ms ticks.
+fn standard(seed: u64) -> Vec<Timed> {
+    let config = GeneratorConfig {
+        seed,
+        rate: 1_000,
+        ..GeneratorConfig::default()
+    };
+    stamp(Generator::new(config, 60_000).collect(), 0, 100)
 }
 
 #[test]
-#[ignore = "a speed check, not a test: run with --ignored --nocapture"]
-fn throughput_in_process() {
-    let events = env_or("NEXMARK_JOINS_EVENTS", 10_000_000) as usize;
-    let rate = env_or("NEXMARK_JOINS_RATE", 10_000_000);
-    let batch = env_or("NEXMARK_JOINS_BATCH", 4096) as usize;
-    let config = GenConfig {
-        seed: 7,
-        events,
-        rate,
-        base: 1_700_000_000_000,
-        disorder: 0,
-        late_percent: 0,
-        max_price: 100_000_000,
-    };
-    let generated = generate(&config);
-    // Batches end at window boundaries, so each sits at its greatest date_time, on time.
-    let mut batches: Vec<Vec<Event>> = Vec::new();
-    for event in generated {
-        let window = event.date_time() / WINDOW;
-        match batches.last_mut() {
-            Some(last)
-                if last.len() < batch
-                    && last.last().map(|e| e.date_time() / WINDOW) == Some(window) =>
-            {
-                last.push(event)
-            }
-            _ => batches.push(vec![event]),
-        }
-    }
-    println!("{events} events, {rate} event-time events/s, batches of {batch}, 1 worker");
-    for name in ["q7", "q8"] {
-        let input = batches.clone();
-        let (elapsed, outputs) = match name {
-            "q7" => time_query(input, q7),
-            _ => time_query(input, q8),
-        };
-        println!(
-            "{name}: {:.3} s, {:.0} events/s, {outputs} output updates",
-            elapsed.as_secs_f64(),
-            events as f64 / elapsed.as_secs_f64()
+fn q7_and_q8_match_naive_on_the_standard_generator() {
+    let events = standard(5);
+    let expected_q7 = naive_q7(&events);
+    let expected_q8 = naive_q8(&events);
+    assert!(expected_q7.len() >= 6, "{} q7 rows", expected_q7.len());
+    assert!(!expected_q8.is_empty(), "no q8 rows");
+    for workers in [1, 2] {
+        assert_eq!(
+            rows(run(events.clone(), workers, q7), q7_end),
+            expected_q7,
+            "q7, {workers} workers"
+        );
+        assert_eq!(
+            rows(run(events.clone(), workers, q8), q8_end),
+            expected_q8,
+            "q8, {workers} workers"
         );
     }
 }
