@@ -29,6 +29,9 @@ const WINDOW: u64 = 10_000;
 /// An event and the timestamp at which it enters the dataflow.
 type Timed = (u64, Event);
 
+/// A query: events in, `(row, time, diff)` updates out.
+type Query<R> = for<'s> fn(StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (R, u64, isize)>;
+
 // ---------------------------------------------------------------- generator
 
 /// splitmix64: small, seeded, deterministic.
@@ -163,11 +166,7 @@ fn stamp(events: Vec<Event>, disorder: u64, tick: u64) -> Vec<Timed> {
 /// Runs `query` over `events` on `workers` workers (event `i` is sent by worker
 /// `i % workers`; a worker's consecutive events at one timestamp go in one batch), returning
 /// every output update.
-fn run<R>(
-    events: Vec<Timed>,
-    workers: usize,
-    query: for<'s> fn(StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (R, u64, isize)>,
-) -> Vec<(R, u64, isize)>
+fn run<R>(events: Vec<Timed>, workers: usize, query: Query<R>) -> Vec<(R, u64, isize)>
 where
     R: Clone + Send + 'static,
 {
@@ -222,8 +221,7 @@ where
         }
     })
     .expect("timely runs");
-    let results = results.lock().expect("result sink").clone();
-    results
+    results.lock().expect("result sink").clone()
 }
 
 const DISORDER: u64 = 500;
