@@ -1,4 +1,4 @@
-//! The command line: `run`, `cluster`, `produce`, `demo`, `config`.
+//! The command line: `run`, `cluster`, `produce`, `demo`, `config`, `nexmark`.
 //!
 //! Configuration flags ([`ConfigArgs`], [`RunSettingsArgs`]) are the last layer of
 //! [`crate::config`]; they are taken as text and validated there, so a bad flag value is
@@ -38,6 +38,9 @@ pub enum Command {
     /// Check the configuration `run` would use (files, environment, flags) and, with
     /// --print, print it as TOML with the layer each value came from.
     Config(ConfigCommandArgs),
+    /// The Nexmark benchmark: generate its events into Kafka, or run one of its queries
+    /// (in process or from a topic) and print its throughput.
+    Nexmark(NexmarkArgs),
 }
 
 /// Where settings come from: files (--env, then each --config), then `WATERLINE__…`
@@ -397,4 +400,95 @@ mod tests {
         );
         assert_eq!(args.cluster.hosts, Some(PathBuf::from("h.txt")));
     }
+}
+
+/// `waterline nexmark`.
+#[derive(Debug, Args)]
+pub struct NexmarkArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: NexmarkCommand,
+}
+
+/// `waterline nexmark …`.
+#[derive(Debug, Subcommand)]
+pub enum NexmarkCommand {
+    /// Write N generated Nexmark events into a topic (event n to partition n % P).
+    Generate(NexmarkGenerateArgs),
+    /// Run a query to the end of its input and print events, seconds, events/s, CPU
+    /// seconds, events per CPU-second and the result count.
+    Run(NexmarkRunArgs),
+}
+
+/// The generator's settings.
+#[derive(Debug, Args, Clone)]
+pub struct NexmarkGeneratorArgs {
+    /// Seed of the generator: the same seed gives the same events.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Events per second of event time (Nexmark's first_event_rate).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+}
+
+/// `waterline nexmark generate`.
+#[derive(Debug, Args)]
+pub struct NexmarkGenerateArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP",
+        value_name = "HOST:PORT,...",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// Topic to write to (created if missing).
+    #[arg(long)]
+    pub topic: String,
+    /// How many events.
+    #[arg(long, value_name = "N")]
+    pub events: u64,
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    #[command(flatten)]
+    /// The generator.
+    pub generator: NexmarkGeneratorArgs,
+}
+
+fn parse_query(s: &str) -> Result<crate::nexmark::queries::Query, String> {
+    crate::nexmark::queries::Query::parse(s)
+        .ok_or_else(|| "expected one of q0, q5, q7, q8, q11".to_string())
+}
+
+/// `waterline nexmark run`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["events", "topic"])))]
+pub struct NexmarkRunArgs {
+    /// The query: q0, q5, q7, q8 or q11.
+    #[arg(long, value_parser = parse_query)]
+    pub query: crate::nexmark::queries::Query,
+    /// Generate this many events in process (before the clock starts).
+    #[arg(long, value_name = "N")]
+    pub events: Option<u64>,
+    /// Read the events from this topic instead, to its end at start.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Kafka bootstrap servers (with --topic).
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP",
+        value_name = "HOST:PORT,...",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap: String,
+    /// Worker threads.
+    #[arg(long, short = 'w', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers: u64,
+    /// With --topic: the watermark's bound on out-of-orderness, in ms.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub bound_ms: u64,
+    #[command(flatten)]
+    /// The generator (with --events).
+    pub generator: NexmarkGeneratorArgs,
 }

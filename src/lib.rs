@@ -23,6 +23,7 @@
 //! - [`pipeline`] wires the operators; [`app`] runs a dataflow on Kafka.
 //! - [`cluster`] one job across several processes and hosts (timely's cluster mode).
 //! - [`generate`] the trade generator behind `waterline produce` and `waterline demo`.
+//! - [`nexmark`] the Nexmark benchmark: its generator, queries and Kafka source.
 //! - [`demo`] the embedded demo on librdkafka's mock cluster.
 //! - [`metrics`] every Prometheus metric; [`logging`] text or JSON log lines;
 //!   [`progress_bar`] progress of long runs on a terminal or in the logs.
@@ -52,6 +53,7 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod nexmark;
 pub mod output;
 pub mod pipeline;
 pub mod produce;

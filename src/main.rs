@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Command::Run(a) => a.settings.log_format.as_deref(),
         Command::Produce(a) => a.settings.log_format.as_deref(),
         Command::Config(a) => a.settings.log_format.as_deref(),
-        Command::Demo(_) => None,
+        Command::Demo(_) | Command::Nexmark(_) => None,
         Command::Cluster(a) => a.run.settings.log_format.as_deref(),
     };
     if flag == Some("json") {
@@ -166,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(args) => launch_cluster(&args),
+        Command::Nexmark(args) => nexmark(args),
     }
 }
 
@@ -201,4 +202,48 @@ fn launch_cluster(args: &waterline::cli::ClusterArgs) -> anyhow::Result<ExitCode
     };
     let code = cluster::launch::run(&launch, &stop_signal()?)?;
     Ok(ExitCode::from(code))
+}
+
+/// `waterline nexmark generate|run`.
+fn nexmark(args: waterline::cli::NexmarkArgs) -> anyhow::Result<ExitCode> {
+    use waterline::cli::NexmarkCommand;
+    use waterline::nexmark::{generator::GeneratorConfig, kafka, run};
+    init_logging(LogFormat::Text, "warn");
+    let generator = |g: &waterline::cli::NexmarkGeneratorArgs| GeneratorConfig {
+        seed: g.seed,
+        rate: g.rate,
+        ..GeneratorConfig::default()
+    };
+    match args.command {
+        NexmarkCommand::Generate(a) => {
+            let started = Instant::now();
+            let bytes = kafka::produce(
+                &a.bootstrap,
+                &a.topic,
+                a.partitions,
+                &generator(&a.generator),
+                a.events,
+            )?;
+            let secs = started.elapsed().as_secs_f64();
+            println!("events: {}", a.events);
+            println!("bytes: {bytes}");
+            println!("seconds: {secs:.3}");
+            println!("events/s: {:.0}", a.events as f64 / secs.max(1e-9));
+        }
+        NexmarkCommand::Run(a) => {
+            let workers = a.workers as usize;
+            let report = match (&a.topic, a.events) {
+                (Some(topic), _) => {
+                    run::from_topic(a.query, workers, &a.bootstrap, topic, a.bound_ms)?
+                }
+                (None, Some(n)) => {
+                    let shares = run::generate_shares(&generator(&a.generator), n, workers);
+                    run::in_process(a.query, shares)?
+                }
+                (None, None) => anyhow::bail!("give --events N or --topic T"),
+            };
+            println!("{report}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

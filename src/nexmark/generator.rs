@@ -1,0 +1,583 @@
+//! The standard Nexmark event generator, seeded and partitionable.
+//!
+//! Out: [`Event`]s in event-number order. Event `n` is a pure function of the
+//! [`GeneratorConfig`] and `n` (its random numbers come from a generator seeded with
+//! `(seed, n)`), so a worker can generate only its share — the events with
+//! `n % workers == index` — without coordination, and any two runs with the same seed
+//! produce the same events.
+//!
+//! The model follows the Nexmark generator of Apache Beam and Flink:
+//! - event `n` is a person when `n % 50 < 1`, an auction when `n % 50 < 4`, else a bid
+//!   (proportions 1:3:46);
+//! - person ids start at 1000 and auction ids at 1000, one id per person/auction event
+//!   so far; categories are 10..15;
+//! - a bid goes to a hot auction (the latest multiple of 100 among the auction ids) with
+//!   probability 1 − 1/2, a hot bidder with probability 1 − 1/4, and an auction's seller
+//!   is a hot seller with probability 1 − 1/4; the others pick among the last 100
+//!   in-flight auctions and the last 1000 active people;
+//! - an auction expires at most twice the event-time span of 100 auctions after it opens;
+//! - prices are log-distributed between 1 and 10^6 (×100 cents);
+//! - channels and URLs come from a table of 10,000 (half the bids use one of 4 hot
+//!   channels);
+//! - `extra` pads each event to an average size (person 200, auction 500, bid 100 bytes),
+//!   ±20 %.
+//!
+//! Timestamps: event `n` happens at `base_time_ms + n × 1000 / rate` (integer
+//! microseconds, truncated to ms), so events are in order and `rate` events fall in each
+//! second of event time.
+//!
+//! Difference from Beam/Flink: they let a bid or auction name a person or auction up to
+//! 10 ids *ahead* of the last one generated (`*_ID_LEAD`), and hot bidders are `+1` past a
+//! multiple of 100. Here every id a bid or auction names belongs to a person or auction
+//! generated earlier, so joins (q8) and reference checks hold.
+
+use super::model::{Auction, Bid, Event, Person};
+
+/// Every `PROPORTION_TOTAL` events: one person, three auctions, 46 bids.
+const PROPORTION_TOTAL: u64 = 50;
+const PERSON_PROPORTION: u64 = 1;
+const AUCTION_PROPORTION: u64 = 3;
+
+/// The first person id.
+pub const FIRST_PERSON_ID: u64 = 1000;
+/// The first auction id.
+pub const FIRST_AUCTION_ID: u64 = 1000;
+/// The first category id.
+pub const FIRST_CATEGORY_ID: u64 = 10;
+const NUM_CATEGORIES: u64 = 5;
+
+/// Hot auctions/sellers/bidders are ids that are multiples of this.
+const HOT_ID_STRIDE: u64 = 100;
+const HOT_AUCTION_RATIO: u64 = 2;
+const HOT_SELLER_RATIO: u64 = 4;
+const HOT_BIDDER_RATIO: u64 = 4;
+const NUM_IN_FLIGHT_AUCTIONS: u64 = 100;
+const NUM_ACTIVE_PEOPLE: u64 = 1000;
+
+const PERSON_AVG_SIZE: usize = 200;
+const AUCTION_AVG_SIZE: usize = 500;
+const BID_AVG_SIZE: usize = 100;
+
+const CHANNELS: u64 = 10_000;
+const HOT_CHANNEL_RATIO: u64 = 2;
+const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+const HOT_URLS: [&str; 4] = [
+    "https://www.nexmark.com/googl/item.htm?query=1",
+    "https://www.nexmark.com/faceb/item.htm?query=1",
+    "https://www.nexmark.com/baidu/item.htm?query=1",
+    "https://www.nexmark.com/apple/item.htm?query=1",
+];
+
+const FIRST_NAMES: [&str; 11] = [
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter",
+    "Walter",
+];
+const LAST_NAMES: [&str; 9] = [
+    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
+];
+const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
+const US_CITIES: [&str; 10] = [
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
+];
+
+/// What the generator produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratorConfig {
+    /// Seed of every event's random numbers.
+    pub seed: u64,
+    /// Event time of event 0 (ms since the Unix epoch).
+    pub base_time_ms: u64,
+    /// Events per second of event time (Nexmark's `first_event_rate`).
+    pub rate: u64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            seed: 0,
+            // 2026-01-01T00:00:00Z: a fixed base, so runs are reproducible.
+            base_time_ms: 1_767_225_600_000,
+            rate: 10_000,
+        }
+    }
+}
+
+/// What kind event `n` is: 1:3:46 per 50 events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A person registers.
+    Person,
+    /// An auction opens.
+    Auction,
+    /// A bid.
+    Bid,
+}
+
+/// The kind of event number `n`.
+pub fn kind_of(n: u64) -> Kind {
+    let rem = n % PROPORTION_TOTAL;
+    if rem < PERSON_PROPORTION {
+        Kind::Person
+    } else if rem < PERSON_PROPORTION + AUCTION_PROPORTION {
+        Kind::Auction
+    } else {
+        Kind::Bid
+    }
+}
+
+/// Persons generated by events `0..=n`, minus one (the base-0 id of the latest one);
+/// at least 0.
+fn last_base0_person(n: u64) -> u64 {
+    let epoch = n / PROPORTION_TOTAL;
+    let offset = (n % PROPORTION_TOTAL).min(PERSON_PROPORTION - 1);
+    epoch * PERSON_PROPORTION + offset
+}
+
+/// Auctions generated by events `0..=n`, minus one; saturating at 0 before the first.
+fn last_base0_auction(n: u64) -> u64 {
+    let epoch = n / PROPORTION_TOTAL;
+    let offset = n % PROPORTION_TOTAL;
+    let offset = if offset < PERSON_PROPORTION {
+        // Before this epoch's first auction: the previous epoch's last one.
+        return (epoch * AUCTION_PROPORTION).saturating_sub(1);
+    } else if offset >= PERSON_PROPORTION + AUCTION_PROPORTION {
+        AUCTION_PROPORTION - 1
+    } else {
+        offset - PERSON_PROPORTION
+    };
+    epoch * AUCTION_PROPORTION + offset
+}
+
+/// A small, fast, seeded random source (SplitMix64), one per event.
+struct Rng(u64);
+
+impl Rng {
+    fn for_event(seed: u64, n: u64) -> Rng {
+        let mut r = Rng(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        r.next();
+        r
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (`bound` ≥ 1).
+    fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(bound.max(1))) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `len` lowercase letters.
+    fn push_letters(&mut self, out: &mut String, len: usize) {
+        for _ in 0..len {
+            out.push(char::from(b'a' + self.below(26) as u8));
+        }
+    }
+
+    fn letters(&mut self, len: usize) -> String {
+        let mut s = String::with_capacity(len);
+        self.push_letters(&mut s, len);
+        s
+    }
+
+    /// Padding bringing an event of `current` bytes to `average` ± 20 % on average.
+    fn extra(&mut self, current: usize, average: usize) -> String {
+        if current >= average {
+            return String::new();
+        }
+        let wanted = average - current;
+        let delta = wanted / 5;
+        let len = wanted - delta + self.below(2 * delta as u64 + 1) as usize;
+        self.letters(len)
+    }
+
+    /// A log-distributed price in cents: 10^(6u) dollars.
+    fn price(&mut self) -> u64 {
+        (10f64.powf(self.unit() * 6.0) * 100.0).round() as u64
+    }
+}
+
+/// A base-0 person id among the active people at event `n`.
+fn next_base0_person(n: u64, rng: &mut Rng) -> u64 {
+    let people = last_base0_person(n) + 1;
+    let active = people.min(NUM_ACTIVE_PEOPLE);
+    people - active + rng.below(active)
+}
+
+/// A base-0 auction id among the in-flight auctions at event `n` (`n` is after the
+/// first auction).
+fn next_base0_auction(n: u64, rng: &mut Rng) -> u64 {
+    let last = last_base0_auction(n);
+    let min = last.saturating_sub(NUM_IN_FLIGHT_AUCTIONS);
+    min + rng.below(last - min + 1)
+}
+
+/// The channel name and URL of channel `i` of the table of [`CHANNELS`].
+fn channel(i: u64, rng: &mut Rng) -> (String, String) {
+    let mut url = String::with_capacity(64);
+    url.push_str("https://www.nexmark.com/");
+    rng.push_letters(&mut url, 5);
+    url.push('/');
+    rng.push_letters(&mut url, 5);
+    url.push('/');
+    rng.push_letters(&mut url, 5);
+    url.push_str("/item.htm?query=1&channel_id=");
+    url.push_str(&(i.reverse_bits() >> 32).to_string());
+    (format!("channel-{i}"), url)
+}
+
+/// The seeded Nexmark generator. [`Generator::event`] is a pure function; iterating
+/// yields events `index, index + step, …` below `limit`.
+#[derive(Clone, Debug)]
+pub struct Generator {
+    config: GeneratorConfig,
+    next: u64,
+    step: u64,
+    limit: u64,
+}
+
+impl Generator {
+    /// All events `0..limit`.
+    pub fn new(config: GeneratorConfig, limit: u64) -> Generator {
+        Generator::partition(config, limit, 0, 1)
+    }
+
+    /// Only the events `n < limit` with `n % parts == index`: one worker's share.
+    pub fn partition(config: GeneratorConfig, limit: u64, index: u64, parts: u64) -> Generator {
+        assert!(index < parts, "a partition index is below the partition count");
+        Generator {
+            config,
+            next: index,
+            step: parts,
+            limit,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    /// The event time of event `n`.
+    pub fn time_of(&self, n: u64) -> u64 {
+        time_of(&self.config, n)
+    }
+
+    /// Event number `n`.
+    pub fn event(&self, n: u64) -> Event {
+        event(&self.config, n)
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.next >= self.limit {
+            return None;
+        }
+        let e = event(&self.config, self.next);
+        self.next += self.step;
+        Some(e)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.limit.saturating_sub(self.next).div_ceil(self.step) as usize;
+        (left, Some(left))
+    }
+}
+
+/// The event time of event `n`: `base + n × 1000 / rate` ms (a rate of 0 counts as 1).
+pub fn time_of(config: &GeneratorConfig, n: u64) -> u64 {
+    let delay_us = 1_000_000u128 / u128::from(config.rate.max(1));
+    let delay_us = delay_us.max(1);
+    // Rates above 1M/s: spread the sub-microsecond delay exactly.
+    let offset_us = if config.rate > 1_000_000 {
+        u128::from(n) * 1_000_000 / u128::from(config.rate)
+    } else {
+        u128::from(n) * delay_us
+    };
+    config.base_time_ms + (offset_us / 1000) as u64
+}
+
+/// Event number `n` of the generator configured by `config`.
+pub fn event(config: &GeneratorConfig, n: u64) -> Event {
+    let mut rng = Rng::for_event(config.seed, n);
+    let t = time_of(config, n);
+    match kind_of(n) {
+        Kind::Person => Event::Person(person(n, t, &mut rng)),
+        Kind::Auction => Event::Auction(auction(config, n, t, &mut rng)),
+        Kind::Bid => Event::Bid(bid(n, t, &mut rng)),
+    }
+}
+
+fn person(n: u64, t: u64, rng: &mut Rng) -> Person {
+    let id = FIRST_PERSON_ID + last_base0_person(n);
+    let name = format!(
+        "{} {}",
+        FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize],
+        LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize]
+    );
+    let mut email_address = rng.letters(7);
+    email_address.push('@');
+    rng.push_letters(&mut email_address, 5);
+    email_address.push_str(".com");
+    let credit_card = format!(
+        "{:04} {:04} {:04} {:04}",
+        rng.below(10_000),
+        rng.below(10_000),
+        rng.below(10_000),
+        rng.below(10_000)
+    );
+    let city = US_CITIES[rng.below(US_CITIES.len() as u64) as usize].to_string();
+    let state = US_STATES[rng.below(US_STATES.len() as u64) as usize].to_string();
+    let size = 8 + name.len() + email_address.len() + credit_card.len() + city.len() + 8;
+    let extra = rng.extra(size + state.len(), PERSON_AVG_SIZE);
+    Person {
+        id,
+        name,
+        email_address,
+        credit_card,
+        city,
+        state,
+        date_time: t,
+        extra,
+    }
+}
+
+fn auction(config: &GeneratorConfig, n: u64, t: u64, rng: &mut Rng) -> Auction {
+    let id = FIRST_AUCTION_ID + last_base0_auction(n);
+    let seller = if rng.below(HOT_SELLER_RATIO) > 0 {
+        (last_base0_person(n) / HOT_ID_STRIDE) * HOT_ID_STRIDE
+    } else {
+        next_base0_person(n, rng)
+    } + FIRST_PERSON_ID;
+    let category = FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES);
+    let initial_bid = rng.price();
+    // The span of event time in which NUM_IN_FLIGHT_AUCTIONS auctions open.
+    let events_for_auctions = NUM_IN_FLIGHT_AUCTIONS * PROPORTION_TOTAL / AUCTION_PROPORTION;
+    let horizon = time_of(config, n + events_for_auctions) - t;
+    let expires = t + 1 + rng.below((2 * horizon).max(1));
+    let reserve = initial_bid + rng.price();
+    let item_name = rng.letters(20);
+    let description = rng.letters(100);
+    let size = 8 + item_name.len() + description.len() + 8 * 6;
+    let extra = rng.extra(size, AUCTION_AVG_SIZE);
+    Auction {
+        id,
+        item_name,
+        description,
+        initial_bid,
+        reserve,
+        date_time: t,
+        expires,
+        seller,
+        category,
+        extra,
+    }
+}
+
+fn bid(n: u64, t: u64, rng: &mut Rng) -> Bid {
+    let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
+        (last_base0_auction(n) / HOT_ID_STRIDE) * HOT_ID_STRIDE
+    } else {
+        next_base0_auction(n, rng)
+    } + FIRST_AUCTION_ID;
+    let bidder = if rng.below(HOT_BIDDER_RATIO) > 0 {
+        (last_base0_person(n) / HOT_ID_STRIDE) * HOT_ID_STRIDE
+    } else {
+        next_base0_person(n, rng)
+    } + FIRST_PERSON_ID;
+    let price = rng.price();
+    let (channel, url) = if rng.below(HOT_CHANNEL_RATIO) > 0 {
+        let i = rng.below(HOT_CHANNELS.len() as u64) as usize;
+        (HOT_CHANNELS[i].to_string(), HOT_URLS[i].to_string())
+    } else {
+        channel(rng.below(CHANNELS), rng)
+    };
+    let size = 8 * 4 + channel.len() + url.len();
+    let extra = rng.extra(size, BID_AVG_SIZE);
+    Bid {
+        auction,
+        bidder,
+        price,
+        channel,
+        url,
+        date_time: t,
+        extra,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn events(n: u64) -> Vec<Event> {
+        Generator::new(GeneratorConfig::default(), n).collect()
+    }
+
+    #[test]
+    fn proportions_are_exact_per_fifty_events() {
+        for k in [1u64, 7, 40] {
+            let (mut p, mut a, mut b) = (0, 0, 0);
+            for e in events(50 * k) {
+                match e {
+                    Event::Person(_) => p += 1,
+                    Event::Auction(_) => a += 1,
+                    Event::Bid(_) => b += 1,
+                }
+            }
+            assert_eq!((p, a, b), (k, 3 * k, 46 * k));
+        }
+    }
+
+    #[test]
+    fn ids_are_consecutive_from_1000() {
+        let all = events(5000);
+        let people: Vec<u64> = all
+            .iter()
+            .filter_map(|e| match e {
+                Event::Person(p) => Some(p.id),
+                _ => None,
+            })
+            .collect();
+        let auctions: Vec<u64> = all
+            .iter()
+            .filter_map(|e| match e {
+                Event::Auction(a) => Some(a.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(people, (1000..1000 + people.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            auctions,
+            (1000..1000 + auctions.len() as u64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn every_named_person_and_auction_exists_by_then() {
+        let (mut people, mut auctions) = (BTreeSet::new(), BTreeSet::new());
+        for e in events(200_000) {
+            match e {
+                Event::Person(p) => {
+                    people.insert(p.id);
+                }
+                Event::Auction(a) => {
+                    assert!(people.contains(&a.seller), "seller {} exists", a.seller);
+                    assert!(a.expires > a.date_time && a.reserve >= a.initial_bid);
+                    auctions.insert(a.id);
+                }
+                Event::Bid(b) => {
+                    assert!(auctions.contains(&b.auction), "auction {}", b.auction);
+                    assert!(people.contains(&b.bidder), "bidder {}", b.bidder);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hot_auctions_and_bidders_take_most_bids() {
+        let mut by_auction: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut by_bidder: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut bids = 0u64;
+        for e in events(100_000) {
+            if let Event::Bid(b) = e {
+                bids += 1;
+                *by_auction.entry(b.auction).or_default() += 1;
+                *by_bidder.entry(b.bidder).or_default() += 1;
+            }
+        }
+        // About half the bids go to the hot auctions (multiples of 100 past 1000), about
+        // three quarters come from hot bidders.
+        let hot = |m: &BTreeMap<u64, u64>| -> u64 {
+            m.iter().filter(|(k, _)| *k % 100 == 0).map(|(_, c)| c).sum()
+        };
+        let hot_auction_share = hot(&by_auction) as f64 / bids as f64;
+        let hot_bidder_share = hot(&by_bidder) as f64 / bids as f64;
+        assert!((0.45..0.6).contains(&hot_auction_share), "{hot_auction_share}");
+        assert!((0.7..0.85).contains(&hot_bidder_share), "{hot_bidder_share}");
+        // And the skew: the most-bid auction has far more than the average.
+        let max = by_auction.values().max().copied().unwrap_or(0);
+        assert!(max * by_auction.len() as u64 > 20 * bids);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_events_and_another_seed_others() {
+        let c = GeneratorConfig::default();
+        let a: Vec<Event> = Generator::new(c.clone(), 3000).collect();
+        let b: Vec<Event> = Generator::new(c.clone(), 3000).collect();
+        assert_eq!(a, b);
+        let other: Vec<Event> = Generator::new(GeneratorConfig { seed: 7, ..c }, 3000).collect();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn partitions_together_are_the_whole_sequence() {
+        let c = GeneratorConfig::default();
+        let all: Vec<Event> = Generator::new(c.clone(), 1000).collect();
+        let mut merged = vec![None; 1000];
+        for i in 0..3 {
+            for (j, e) in Generator::partition(c.clone(), 1000, i, 3).enumerate() {
+                merged[i as usize + 3 * j] = Some(e);
+            }
+        }
+        let merged: Vec<Event> = merged.into_iter().map(|e| e.expect("covered")).collect();
+        assert_eq!(all, merged);
+    }
+
+    #[test]
+    fn timestamps_are_monotone_at_the_rate() {
+        let c = GeneratorConfig {
+            rate: 1000,
+            ..GeneratorConfig::default()
+        };
+        let all: Vec<Event> = Generator::new(c.clone(), 10_000).collect();
+        assert!(all.windows(2).all(|w| w[0].date_time() <= w[1].date_time()));
+        assert_eq!(all[0].date_time(), c.base_time_ms);
+        // 1000 events per second: event 9999 at 9.999 s.
+        assert_eq!(all[9999].date_time(), c.base_time_ms + 9999);
+        let fast = GeneratorConfig {
+            rate: 10_000_000,
+            ..c
+        };
+        assert_eq!(time_of(&fast, 25_000_000), fast.base_time_ms + 2500);
+    }
+
+    #[test]
+    fn sizes_are_near_the_averages() {
+        let (mut sizes, mut counts) = ([0usize; 3], [0usize; 3]);
+        for e in events(50_000) {
+            let (i, s) = match &e {
+                Event::Person(p) => (0, p.extra.len() + p.name.len() + p.email_address.len()),
+                Event::Auction(a) => (1, a.extra.len() + a.item_name.len() + a.description.len()),
+                Event::Bid(b) => (2, b.extra.len() + b.url.len() + b.channel.len()),
+            };
+            sizes[i] += s;
+            counts[i] += 1;
+        }
+        let avg: Vec<usize> = (0..3).map(|i| sizes[i] / counts[i]).collect();
+        assert!((140..220).contains(&avg[0]), "{avg:?}");
+        assert!((400..520).contains(&avg[1]), "{avg:?}");
+        assert!((50..110).contains(&avg[2]), "{avg:?}");
+    }
+}

@@ -1,0 +1,476 @@
+//! Nexmark events in Kafka: produce the generator's events into a topic, and read a
+//! topic back as a timely source.
+//!
+//! ```text
+//! Generator ─► JSON (the model's tagged encoding) ─► ThreadedProducer ─► topic, partition n % P
+//! topic partition p ─► worker p % W ─► decode (borrowed) ─► Event at max(date_time, wm_p)
+//! ```
+//!
+//! Encoding: one event per record, `serde_json` of [`Event`] (`{"type":"bid",…}`); key =
+//! the event number, 8 bytes big-endian; Kafka timestamp = the event's `date_time`.
+//! Event `n` goes to partition `n % P`, so every partition is in event-time order.
+//!
+//! Source: each worker `assign`s the partitions `p` with `p % W == index` from their
+//! beginning, reads them up to the end offsets they had when it started, and stops.
+//! Per partition `wm_p = max date_time seen − bound`; an event enters at
+//! `max(date_time, wm_p)` with `wm_p` taken before it, and the worker's capability is
+//! `min wm_p` over the partitions it has not finished (dropped when all are finished), so
+//! the frontier is the watermark. Records that do not decode are counted in
+//! [`SourceCounts::decode_errors`] and logged (the first per worker, with partition and
+//! offset), never a panic.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+use timely::dataflow::operators::generic::source;
+use timely::dataflow::{Scope, StreamVec};
+
+use super::generator::{Generator, GeneratorConfig};
+use super::model::{Auction, Bid, Event, Person};
+use crate::config::Config;
+use crate::kafka::{self, TopicRequest};
+
+/// What can go wrong talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum NexmarkKafkaError {
+    /// Creating a client or topic, or reading metadata, failed.
+    #[error(transparent)]
+    Setup(#[from] kafka::KafkaSetupError),
+    /// The broker refused an operation.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The topic does not exist.
+    #[error("topic `{0}` does not exist")]
+    NoTopic(String),
+}
+
+fn kafka_err(what: impl Into<String>) -> impl FnOnce(KafkaError) -> NexmarkKafkaError {
+    let what = what.into();
+    move |source| NexmarkKafkaError::Kafka { what, source }
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let config = Config {
+        bootstrap_servers: bootstrap.to_string(),
+        app_id: "waterline-nexmark".into(),
+        ..Config::default()
+    };
+    kafka::client_config(&config)
+}
+
+/// Writes events `0..n` of `generator` into `topic` (created with `partitions`
+/// partitions if missing), event `n` to partition `n % partitions`, and waits until the
+/// broker has them all. Returns the bytes of payload written.
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    generator: &GeneratorConfig,
+    n: u64,
+) -> Result<u64, NexmarkKafkaError> {
+    let config = Config {
+        bootstrap_servers: bootstrap.to_string(),
+        ..Config::default()
+    };
+    kafka::ensure_topics(
+        &config,
+        &[TopicRequest {
+            name: topic,
+            partitions,
+            config: vec![],
+        }],
+    )?;
+    let probe = kafka::metadata_consumer(&config)?;
+    let wait = Duration::from_secs(30);
+    let partitions = kafka::partition_count_after_create(&probe, topic, wait, wait)?
+        .ok_or_else(|| NexmarkKafkaError::NoTopic(topic.to_string()))?;
+    let producer: ThreadedProducer<DefaultProducerContext> = client(bootstrap)
+        // Batches of up to 1 MiB, sent every 20 ms or when full: throughput, not latency.
+        .set("linger.ms", "20")
+        .set("batch.size", "1048576")
+        // Room for a few seconds of records before send reports a full queue.
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        // The event order within a partition is the watermark's basis: keep it on retries.
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(kafka_err("cannot create a Kafka producer"))?;
+    let mut payload = Vec::with_capacity(1024);
+    let mut bytes = 0u64;
+    let events = Generator::new(generator.clone(), n);
+    for i in 0..n {
+        let event = events.event(i);
+        payload.clear();
+        serde_json::to_writer(&mut payload, &event).expect("an Event always serializes");
+        bytes += payload.len() as u64;
+        let key = i.to_be_bytes();
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition((i % partitions as u64) as i32)
+            .key(&key[..])
+            .payload(&payload[..])
+            .timestamp(event.date_time() as i64);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(kafka_err("cannot produce")(e)),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(kafka_err("cannot flush the producer"))?;
+    Ok(bytes)
+}
+
+/// A decoded record of any of the three kinds: every field optional, strings borrowed
+/// from the payload unless they hold escapes. One pass, no intermediate tree (serde's
+/// internally tagged enums buffer every field first).
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    id: Option<u64>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    email_address: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    credit_card: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    city: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    state: Option<Cow<'a, str>>,
+    date_time: Option<u64>,
+    #[serde(borrow)]
+    extra: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    item_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    description: Option<Cow<'a, str>>,
+    initial_bid: Option<u64>,
+    reserve: Option<u64>,
+    expires: Option<u64>,
+    seller: Option<u64>,
+    category: Option<u64>,
+    auction: Option<u64>,
+    bidder: Option<u64>,
+    price: Option<u64>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+}
+
+/// Why a payload is not an event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON of the expected shape.
+    #[error("not a Nexmark event: {0}")]
+    Json(String),
+    /// A field the event's type needs is missing.
+    #[error("{kind} event without field `{field}`")]
+    Missing {
+        /// The event type.
+        kind: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// `type` is none of person, auction, bid.
+    #[error("unknown event type `{0}`")]
+    Kind(String),
+}
+
+fn need<T>(v: Option<T>, kind: &'static str, field: &'static str) -> Result<T, DecodeError> {
+    v.ok_or(DecodeError::Missing { kind, field })
+}
+
+fn text(v: Option<Cow<'_, str>>, kind: &'static str, field: &'static str) -> Result<String, DecodeError> {
+    need(v, kind, field).map(Cow::into_owned)
+}
+
+/// Decodes one record's payload.
+pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
+    let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    Ok(match &*w.kind {
+        "bid" => {
+            const K: &str = "bid";
+            Event::Bid(Bid {
+                auction: need(w.auction, K, "auction")?,
+                bidder: need(w.bidder, K, "bidder")?,
+                price: need(w.price, K, "price")?,
+                channel: text(w.channel, K, "channel")?,
+                url: text(w.url, K, "url")?,
+                date_time: need(w.date_time, K, "date_time")?,
+                extra: text(w.extra, K, "extra")?,
+            })
+        }
+        "person" => {
+            const K: &str = "person";
+            Event::Person(Person {
+                id: need(w.id, K, "id")?,
+                name: text(w.name, K, "name")?,
+                email_address: text(w.email_address, K, "email_address")?,
+                credit_card: text(w.credit_card, K, "credit_card")?,
+                city: text(w.city, K, "city")?,
+                state: text(w.state, K, "state")?,
+                date_time: need(w.date_time, K, "date_time")?,
+                extra: text(w.extra, K, "extra")?,
+            })
+        }
+        "auction" => {
+            const K: &str = "auction";
+            Event::Auction(Auction {
+                id: need(w.id, K, "id")?,
+                item_name: text(w.item_name, K, "item_name")?,
+                description: text(w.description, K, "description")?,
+                initial_bid: need(w.initial_bid, K, "initial_bid")?,
+                reserve: need(w.reserve, K, "reserve")?,
+                date_time: need(w.date_time, K, "date_time")?,
+                expires: need(w.expires, K, "expires")?,
+                seller: need(w.seller, K, "seller")?,
+                category: need(w.category, K, "category")?,
+                extra: text(w.extra, K, "extra")?,
+            })
+        }
+        other => return Err(DecodeError::Kind(other.to_string())),
+    })
+}
+
+/// What the source workers read, summed over workers.
+#[derive(Debug, Default)]
+pub struct SourceCounts {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Records that did not decode (skipped).
+    pub decode_errors: AtomicU64,
+}
+
+/// One worker's share of a topic, opened before the dataflow is built so that errors
+/// surface as errors.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    /// Per assigned partition: (partition, end offset at start, done, max date_time seen).
+    partitions: Vec<PartState>,
+    bound_ms: u64,
+    worker: usize,
+}
+
+struct PartState {
+    partition: i32,
+    end: i64,
+    done: bool,
+    max_seen: Option<u64>,
+}
+
+impl PartState {
+    fn watermark(&self, bound: u64) -> u64 {
+        self.max_seen.map_or(0, |m| m.saturating_sub(bound))
+    }
+}
+
+impl TopicReader {
+    /// Assigns worker `index` of `peers` its partitions of `topic` (`p % peers == index`),
+    /// from the beginning to the end offsets they have now. `bound_ms`: the watermark's
+    /// allowance for out-of-order events (0 for the in-order generator).
+    pub fn open(
+        bootstrap: &str,
+        topic: &str,
+        index: usize,
+        peers: usize,
+        bound_ms: u64,
+    ) -> Result<TopicReader, NexmarkKafkaError> {
+        let consumer: BaseConsumer = client(bootstrap)
+            // Positions come from `assign`; nothing is committed.
+            .set("group.id", "waterline-nexmark")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Large fetches: the source reads a backlog as fast as it can.
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .set("queued.min.messages", "1000000")
+            .create()
+            .map_err(kafka_err("cannot create a Kafka consumer"))?;
+        let timeout = Duration::from_secs(30);
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka_err(format!("cannot read metadata of topic `{topic}`")))?;
+        let count = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| NexmarkKafkaError::NoTopic(topic.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut partitions = Vec::new();
+        for p in (0..count as i32).filter(|p| *p as usize % peers == index) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(kafka_err(format!("cannot read the offsets of {topic}/{p}")))?;
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(kafka_err("cannot build an assignment"))?;
+            partitions.push(PartState {
+                partition: p,
+                end: high,
+                done: high <= low,
+                max_seen: None,
+            });
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(kafka_err(format!("cannot assign partitions of `{topic}`")))?;
+        Ok(TopicReader {
+            consumer,
+            partitions,
+            bound_ms,
+            worker: index,
+        })
+    }
+
+    fn low_watermark(&self) -> Option<u64> {
+        self.partitions
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| p.watermark(self.bound_ms))
+            .min()
+    }
+}
+
+/// The events of `reader`'s partitions as a stream (see the module docs); counts go to
+/// `counts`.
+pub fn topic_source<'s>(
+    scope: Scope<'s, u64>,
+    mut reader: TopicReader,
+    counts: std::sync::Arc<SourceCounts>,
+) -> StreamVec<'s, u64, Event> {
+    source(scope, "NexmarkKafka", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut buffer: Vec<Event> = Vec::with_capacity(1024);
+        let mut logged_error = false;
+        move |output| {
+            let Some(held) = cap.as_mut() else { return };
+            let mut read = 0u64;
+            let mut errors = 0u64;
+            let mut at: Option<u64> = None;
+            // A bounded amount per activation, so that downstream operators run.
+            for _ in 0..8192 {
+                let Some(result) = reader.consumer.poll(Duration::ZERO) else { break };
+                let message = match result {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(worker = reader.worker, error = %e, "Kafka read error");
+                        break;
+                    }
+                };
+                let p = message.partition();
+                let Some(state) = reader.partitions.iter_mut().find(|s| s.partition == p) else {
+                    continue;
+                };
+                if message.offset() + 1 >= state.end {
+                    state.done = true;
+                }
+                read += 1;
+                let event = match decode(message.payload().unwrap_or_default()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        errors += 1;
+                        if !logged_error {
+                            logged_error = true;
+                            tracing::warn!(
+                                worker = reader.worker,
+                                partition = p,
+                                offset = message.offset(),
+                                error = %e,
+                                "record skipped: it does not decode (further ones are only counted)"
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let t = event.date_time();
+                let time = t.max(state.watermark(reader.bound_ms));
+                state.max_seen = Some(state.max_seen.map_or(t, |m| m.max(t)));
+                if at != Some(time) {
+                    if let Some(a) = at.filter(|_| !buffer.is_empty()) {
+                        output.session(&held.delayed(&a)).give_container(&mut buffer);
+                        buffer.clear();
+                    }
+                    at = Some(time);
+                }
+                buffer.push(event);
+            }
+            if let Some(a) = at.filter(|_| !buffer.is_empty()) {
+                output.session(&held.delayed(&a)).give_container(&mut buffer);
+                buffer.clear();
+            }
+            counts.records.fetch_add(read, Ordering::Relaxed);
+            counts.decode_errors.fetch_add(errors, Ordering::Relaxed);
+            match reader.low_watermark() {
+                None => cap = None,
+                Some(wm) => {
+                    if wm > *held.time() {
+                        held.downgrade(&wm);
+                    }
+                    activator.activate();
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_decoder_reads_what_serde_writes() {
+        for e in Generator::new(GeneratorConfig::default(), 2000) {
+            let json = serde_json::to_vec(&e).expect("serializes");
+            assert_eq!(decode(&json), Ok(e.clone()));
+            assert_eq!(serde_json::from_slice::<Event>(&json).ok(), Some(e));
+        }
+    }
+
+    #[test]
+    fn escapes_are_decoded() {
+        let json = br#"{"type":"bid","auction":1,"bidder":2,"price":3,"channel":"a\"b","url":"\u00e9","date_time":4,"extra":""}"#;
+        match decode(json) {
+            Ok(Event::Bid(b)) => assert_eq!((b.channel.as_str(), b.url.as_str()), ("a\"b", "é")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_records_name_what_is_wrong() {
+        assert_eq!(
+            decode(br#"{"type":"bid","auction":1}"#),
+            Err(DecodeError::Missing {
+                kind: "bid",
+                field: "bidder"
+            })
+        );
+        assert_eq!(
+            decode(br#"{"type":"ask"}"#),
+            Err(DecodeError::Kind("ask".into()))
+        );
+        assert!(matches!(decode(b"{"), Err(DecodeError::Json(_))));
+        assert!(matches!(decode(br#"{"type":"bid","price":-1}"#), Err(DecodeError::Json(_))));
+    }
+}

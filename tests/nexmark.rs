@@ -1,0 +1,375 @@
+//! Nexmark q0, q5 and q11 against naive recomputations written here from the query
+//! definitions alone (plain loops over the generated events), with 1 and 2 workers; and
+//! the Kafka path (produce, then read back through the source) against the generator.
+//!
+//! The Kafka test uses `$KAFKA_BOOTSTRAP`, or a broker `scripts/kafka.sh start` provides.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::Input;
+use timely::dataflow::operators::Inspect;
+use waterline::nexmark::generator::{Generator, GeneratorConfig};
+use waterline::nexmark::kafka;
+use waterline::nexmark::model::Event;
+use waterline::nexmark::queries::q0::{Q0Row, q0};
+use waterline::nexmark::queries::q5::{Q5Row, q5};
+use waterline::nexmark::queries::q11::{Q11Row, q11};
+
+/// Updates `(row, time, diff)` a query emitted, from all workers.
+type Out<R> = Arc<Mutex<Vec<(R, u64, isize)>>>;
+
+fn config(rate: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        seed: 42,
+        rate,
+        ..GeneratorConfig::default()
+    }
+}
+
+fn events(c: &GeneratorConfig, n: u64) -> Vec<Event> {
+    Generator::new(c.clone(), n).collect()
+}
+
+/// Runs `query` with `workers` workers, worker `i` feeding the events `n % workers == i`
+/// at their own `date_time`; returns every update it emitted.
+fn run<R, Q>(workers: usize, c: &GeneratorConfig, n: u64, query: Q) -> Vec<(R, u64, isize)>
+where
+    R: Clone + Debug + Send + 'static,
+    Q: for<'s> Fn(StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (R, u64, isize)>
+        + Send
+        + Sync
+        + 'static,
+{
+    let out: Out<R> = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&out);
+    let c = c.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let sink = Arc::clone(&sink);
+        let mut input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_input::<Vec<Event>>();
+            query(events).inspect(move |u| sink.lock().expect("not poisoned").push(u.clone()));
+            input
+        });
+        for (i, e) in Generator::partition(c.clone(), n, index, peers).enumerate() {
+            input.advance_to(e.date_time());
+            input.send(e);
+            if i % 500 == 0 {
+                worker.step();
+            }
+        }
+        drop(input);
+        while worker.step_or_park(None) {}
+    })
+    .expect("timely runs");
+    Arc::try_unwrap(out)
+        .expect("the workers are done")
+        .into_inner()
+        .expect("not poisoned")
+}
+
+/// The rows, sorted, after checking that each update is a final row (+1) emitted at or
+/// after `end(row)`.
+fn final_rows<R: Ord + Debug>(updates: Vec<(R, u64, isize)>, end: impl Fn(&R) -> u64) -> Vec<R> {
+    let mut rows = Vec::new();
+    for (row, time, diff) in updates {
+        assert_eq!(diff, 1, "{row:?}: every result once, as an insertion");
+        assert!(
+            time >= end(&row),
+            "{row:?} emitted at {time}, before its end"
+        );
+        rows.push(row);
+    }
+    rows.sort();
+    rows
+}
+
+fn bids(all: &[Event]) -> impl Iterator<Item = &waterline::nexmark::model::Bid> {
+    all.iter().filter_map(|e| match e {
+        Event::Bid(b) => Some(b),
+        _ => None,
+    })
+}
+
+fn naive_q0(all: &[Event]) -> Vec<Q0Row> {
+    let mut rows: Vec<Q0Row> = bids(all)
+        .map(|b| Q0Row {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            date_time: b.date_time,
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Hopping windows `[s, s + size)`, `s` a multiple of `slide`: per window, the auctions
+/// with the most bids.
+fn naive_q5(all: &[Event], size: u64, slide: u64) -> Vec<Q5Row> {
+    let mut counts: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+    for b in bids(all) {
+        let mut s = b.date_time / slide * slide;
+        loop {
+            if b.date_time < s + size {
+                *counts.entry(s).or_default().entry(b.auction).or_default() += 1;
+            }
+            if s < slide {
+                break;
+            }
+            s -= slide;
+            if s + size <= b.date_time {
+                break;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (start, per_auction) in counts {
+        let max = per_auction.values().max().copied().unwrap_or(0);
+        for (auction, num) in per_auction {
+            if num == max {
+                rows.push(Q5Row {
+                    auction,
+                    num,
+                    window_start: start,
+                    window_end: start + size,
+                });
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Per bidder, bids sorted by time; a bid within `gap` of the session's last bid
+/// (inclusive) extends it.
+fn naive_q11(all: &[Event], gap: u64) -> Vec<Q11Row> {
+    let mut times: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for b in bids(all) {
+        times.entry(b.bidder).or_default().push(b.date_time);
+    }
+    let mut rows = Vec::new();
+    for (bidder, mut ts) in times {
+        ts.sort();
+        let (mut start, mut last, mut count) = (ts[0], ts[0], 0);
+        for t in ts {
+            if t > last + gap {
+                rows.push(Q11Row {
+                    bidder,
+                    bid_count: count,
+                    session_start: start,
+                    session_end: last + gap,
+                });
+                (start, count) = (t, 0);
+            }
+            last = t;
+            count += 1;
+        }
+        rows.push(Q11Row {
+            bidder,
+            bid_count: count,
+            session_start: start,
+            session_end: last + gap,
+        });
+    }
+    rows.sort();
+    rows
+}
+
+const N: u64 = 20_000;
+/// 200 events/s: 100 s of event time, about 50 hopping windows, and a random bidder bids
+/// every few seconds, so sessions both merge and split; 2000/s: 10 s, dense windows.
+const RATES: [u64; 2] = [200, 2_000];
+
+#[test]
+fn q0_passes_every_bid_through() {
+    let c = config(RATES[0]);
+    let expected = naive_q0(&events(&c, N));
+    assert_eq!(expected.len() as u64, N / 50 * 46);
+    for workers in [1, 2] {
+        let got = final_rows(run(workers, &c, N, q0), |r| r.date_time);
+        assert_eq!(got, expected, "q0 with {workers} workers");
+    }
+}
+
+#[test]
+fn q5_matches_a_naive_recomputation() {
+    for rate in RATES {
+        let c = config(rate);
+        let all = events(&c, N);
+        let expected = naive_q5(&all, 10_000, 2_000);
+        // The input is one that tells window bounds apart.
+        assert_ne!(expected, naive_q5(&all, 10_001, 2_000));
+        assert_ne!(expected, naive_q5(&all, 10_000, 2_500));
+        assert!(expected.len() > 5, "{} rows", expected.len());
+        for workers in [1, 2] {
+            let got = final_rows(run(workers, &c, N, q5), |r| r.window_end);
+            assert_eq!(got, expected, "q5 at {rate}/s with {workers} workers");
+        }
+    }
+}
+
+#[test]
+fn q11_matches_a_naive_recomputation() {
+    for rate in RATES {
+        let c = config(rate);
+        let all = events(&c, N);
+        let expected = naive_q11(&all, 10_000);
+        assert_ne!(expected, naive_q11(&all, 9_999));
+        let multi = expected.iter().filter(|r| r.bid_count > 1).count();
+        assert!(
+            multi > 10 && multi < expected.len(),
+            "{multi} of {}",
+            expected.len()
+        );
+        for workers in [1, 2] {
+            let got = final_rows(run(workers, &c, N, q11), |r| r.session_end);
+            assert_eq!(got, expected, "q11 at {rate}/s with {workers} workers");
+        }
+    }
+}
+
+/// Produced into Kafka and read back by two workers: the generator's events, each at a
+/// timestamp at or after its `date_time`; q5 over the topic matches the recomputation.
+#[test]
+fn events_round_trip_through_kafka() {
+    let bootstrap = common::kafka::bootstrap();
+    let topic = common::kafka::unique("nexmark");
+    let c = config(RATES[0]);
+    let n = 10_000;
+    kafka::produce(bootstrap, &topic, 3, &c, n).expect("produce");
+    let read: Out<Event> = Arc::new(Mutex::new(Vec::new()));
+    let q5_out: Out<Q5Row> = Arc::new(Mutex::new(Vec::new()));
+    let counts = Arc::new(kafka::SourceCounts::default());
+    {
+        let (read, q5_out, counts) = (read.clone(), q5_out.clone(), counts.clone());
+        let (bootstrap, topic) = (bootstrap.to_string(), topic.clone());
+        timely::execute(timely::Config::process(2), move |worker| {
+            let reader =
+                kafka::TopicReader::open(&bootstrap, &topic, worker.index(), worker.peers(), 0)
+                    .expect("open");
+            let (read, q5_out, counts) = (read.clone(), q5_out.clone(), counts.clone());
+            worker.dataflow::<u64, _, _>(move |scope| {
+                let events = kafka::topic_source(scope, reader, counts);
+                let events = events.inspect_core(move |batch| {
+                    if let Ok((stamp, events)) = batch {
+                        let t = *stamp.least().expect("data under a capability");
+                        let mut read = read.lock().expect("not poisoned");
+                        for e in events {
+                            assert!(t >= e.date_time(), "{e:?} at {t}");
+                            read.push((e.clone(), t, 1));
+                        }
+                    }
+                });
+                q5(events).inspect(move |u| q5_out.lock().expect("not poisoned").push(u.clone()));
+            });
+            while worker.step_or_park(None) {}
+        })
+        .expect("timely runs");
+    }
+    let mut got: Vec<Event> = read
+        .lock()
+        .expect("not poisoned")
+        .drain(..)
+        .map(|(e, _, _)| e)
+        .collect();
+    got.sort();
+    let mut expected = events(&c, n);
+    expected.sort();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the events read are the events produced");
+    assert_eq!(counts.records.load(std::sync::atomic::Ordering::Relaxed), n);
+    assert_eq!(
+        counts
+            .decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let q5_rows = final_rows(
+        q5_out.lock().expect("not poisoned").drain(..).collect(),
+        |r| r.window_end,
+    );
+    assert_eq!(q5_rows, naive_q5(&events(&c, n), 10_000, 2_000));
+}
+
+fn waterline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_waterline"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_cli_runs_a_query_and_names_bad_flags() {
+    let out = waterline(&[
+        "nexmark", "run", "--query", "q5", "--events", "50000", "-w", "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The recomputation says how many rows.
+    let expected = naive_q5(&events(&GeneratorConfig::default(), 50_000), 10_000, 2_000);
+    assert!(stdout.contains("events: 50000\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("results: {}", expected.len())),
+        "{stdout}"
+    );
+    for line in [
+        "seconds: ",
+        "events/s: ",
+        "cpu seconds: ",
+        "events per cpu-second: ",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    for (args, flag) in [
+        (
+            &["nexmark", "run", "--query", "q9", "--events", "10"][..],
+            "--query",
+        ),
+        (
+            &["nexmark", "run", "--query", "q5", "--events", "ten"][..],
+            "--events",
+        ),
+        (
+            &[
+                "nexmark", "run", "--query", "q5", "--events", "10", "--rate", "0",
+            ][..],
+            "--rate",
+        ),
+        (
+            &[
+                "nexmark", "run", "--query", "q5", "--events", "10", "-w", "0",
+            ][..],
+            "--workers",
+        ),
+        (
+            &[
+                "nexmark",
+                "generate",
+                "--topic",
+                "t",
+                "--events",
+                "1",
+                "--partitions",
+                "0",
+            ][..],
+            "--partitions",
+        ),
+    ] {
+        let out = waterline(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(flag),
+            "{args:?}: {stderr}"
+        );
+    }
+}
