@@ -200,13 +200,18 @@ fn need<T>(v: Option<T>, kind: &'static str, field: &'static str) -> Result<T, D
     v.ok_or(DecodeError::Missing { kind, field })
 }
 
-fn text(v: Option<Cow<'_, str>>, kind: &'static str, field: &'static str) -> Result<String, DecodeError> {
+fn text(
+    v: Option<Cow<'_, str>>,
+    kind: &'static str,
+    field: &'static str,
+) -> Result<String, DecodeError> {
     need(v, kind, field).map(Cow::into_owned)
 }
 
 /// Decodes one record's payload.
 pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
-    let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let w: Wire<'_> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     Ok(match &*w.kind {
         "bid" => {
             const K: &str = "bid";
@@ -309,7 +314,9 @@ impl TopicReader {
         let timeout = Duration::from_secs(30);
         let md = consumer
             .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka_err(format!("cannot read metadata of topic `{topic}`")))?;
+            .map_err(kafka_err(format!(
+                "cannot read metadata of topic `{topic}`"
+            )))?;
         let count = md
             .topics()
             .iter()
@@ -371,7 +378,9 @@ pub fn topic_source<'s>(
             let mut at: Option<u64> = None;
             // A bounded amount per activation, so that downstream operators run.
             for _ in 0..8192 {
-                let Some(result) = reader.consumer.poll(Duration::ZERO) else { break };
+                let Some(result) = reader.consumer.poll(Duration::ZERO) else {
+                    break;
+                };
                 let message = match result {
                     Ok(m) => m,
                     Err(e) => {
@@ -409,7 +418,9 @@ pub fn topic_source<'s>(
                 state.max_seen = Some(state.max_seen.map_or(t, |m| m.max(t)));
                 if at != Some(time) {
                     if let Some(a) = at.filter(|_| !buffer.is_empty()) {
-                        output.session(&held.delayed(&a)).give_container(&mut buffer);
+                        output
+                            .session(&held.delayed(&a))
+                            .give_container(&mut buffer);
                         buffer.clear();
                     }
                     at = Some(time);
@@ -417,7 +428,9 @@ pub fn topic_source<'s>(
                 buffer.push(event);
             }
             if let Some(a) = at.filter(|_| !buffer.is_empty()) {
-                output.session(&held.delayed(&a)).give_container(&mut buffer);
+                output
+                    .session(&held.delayed(&a))
+                    .give_container(&mut buffer);
                 buffer.clear();
             }
             counts.records.fetch_add(read, Ordering::Relaxed);
@@ -471,6 +484,9 @@ mod tests {
             Err(DecodeError::Kind("ask".into()))
         );
         assert!(matches!(decode(b"{"), Err(DecodeError::Json(_))));
-        assert!(matches!(decode(br#"{"type":"bid","price":-1}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode(br#"{"type":"bid","price":-1}"#),
+            Err(DecodeError::Json(_))
+        ));
     }
 }
