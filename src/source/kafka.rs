@@ -107,6 +107,13 @@ impl KafkaReader {
             .set("auto.offset.reset", "earliest")
             // End offsets for the consumer-lag metric, once a second.
             .set("statistics.interval.ms", "1000")
+            // When a partition's local queue is over its thresholds, librdkafka waits this
+            // long before fetching for it again (default 1 s). A worker that consumes more
+            // slowly than the broker delivers (decoding costs more than fetching) then
+            // drains the queue and sits idle for most of that second: `run --until end` of
+            // 1M trades took 9 s with the default and 4 s with 10 ms (one worker, this
+            // project's 2-core machine). 10 ms refetches as soon as there is room.
+            .set("fetch.queue.backoff.ms", "10")
             .set(
                 "client.id",
                 format!("waterline-{}-source-{worker}", config.app_id),
