@@ -14,6 +14,8 @@
 #                                 leaves it running)
 #   WATERLINE_BENCH_MILLIONS      million trades to pre-produce (default 2; fractions work)
 #   WATERLINE_BENCH_LATENCY_SECS  measured seconds per latency mode (default 20)
+#   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the exactly-once
+#                                 backfill rate (default 0.5)
 #
 # Progress goes to stderr, the report to stdout; exits non-zero if a run dies, reads fewer
 # records than were produced, or a latency sample set is empty.
