@@ -69,8 +69,7 @@ const HOT_URLS: [&str; 4] = [
 ];
 
 const FIRST_NAMES: [&str; 11] = [
-    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter",
-    "Walter",
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
 ];
 const LAST_NAMES: [&str; 9] = [
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
@@ -138,7 +137,13 @@ pub fn kind_of(n: u64) -> Kind {
 /// at least 0.
 fn last_base0_person(n: u64) -> u64 {
     let epoch = n / PROPORTION_TOTAL;
-    let offset = (n % PROPORTION_TOTAL).min(PERSON_PROPORTION - 1);
+    // Within an epoch, people come first: past them, the epoch's last one.
+    let rem = n % PROPORTION_TOTAL;
+    let offset = if rem < PERSON_PROPORTION {
+        rem
+    } else {
+        PERSON_PROPORTION - 1
+    };
     epoch * PERSON_PROPORTION + offset
 }
 
@@ -262,7 +267,10 @@ impl Generator {
 
     /// Only the events `n < limit` with `n % parts == index`: one worker's share.
     pub fn partition(config: GeneratorConfig, limit: u64, index: u64, parts: u64) -> Generator {
-        assert!(index < parts, "a partition index is below the partition count");
+        assert!(
+            index < parts,
+            "a partition index is below the partition count"
+        );
         Generator {
             config,
             next: index,
@@ -467,7 +475,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(people, (1000..1000 + people.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            people,
+            (1000..1000 + people.len() as u64).collect::<Vec<_>>()
+        );
         assert_eq!(
             auctions,
             (1000..1000 + auctions.len() as u64).collect::<Vec<_>>()
@@ -510,12 +521,21 @@ mod tests {
         // About half the bids go to the hot auctions (multiples of 100 past 1000), about
         // three quarters come from hot bidders.
         let hot = |m: &BTreeMap<u64, u64>| -> u64 {
-            m.iter().filter(|(k, _)| *k % 100 == 0).map(|(_, c)| c).sum()
+            m.iter()
+                .filter(|(k, _)| *k % 100 == 0)
+                .map(|(_, c)| c)
+                .sum()
         };
         let hot_auction_share = hot(&by_auction) as f64 / bids as f64;
         let hot_bidder_share = hot(&by_bidder) as f64 / bids as f64;
-        assert!((0.45..0.6).contains(&hot_auction_share), "{hot_auction_share}");
-        assert!((0.7..0.85).contains(&hot_bidder_share), "{hot_bidder_share}");
+        assert!(
+            (0.45..0.6).contains(&hot_auction_share),
+            "{hot_auction_share}"
+        );
+        assert!(
+            (0.7..0.85).contains(&hot_bidder_share),
+            "{hot_bidder_share}"
+        );
         // And the skew: the most-bid auction has far more than the average.
         let max = by_auction.values().max().copied().unwrap_or(0);
         assert!(max * by_auction.len() as u64 > 20 * bids);

@@ -160,7 +160,9 @@ pub fn q11<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q11Row,
                         break;
                     }
                     timers.pop();
-                    let Some(open) = sessions.get_mut(&bidder) else { continue };
+                    let Some(open) = sessions.get_mut(&bidder) else {
+                        continue;
+                    };
                     open.retain(|s| {
                         let e = s.last + GAP;
                         if limit.is_some_and(|l| e >= l) {
@@ -181,7 +183,9 @@ pub fn q11<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q11Row,
                     }
                 }
                 if !ready.is_empty() {
-                    let held = held.as_ref().expect("a capability is held while sessions are open");
+                    let held = held
+                        .as_ref()
+                        .expect("a capability is held while sessions are open");
                     let cap = held.delayed(&emit_at);
                     for r in ready.iter_mut() {
                         r.1 = emit_at;

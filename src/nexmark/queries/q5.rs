@@ -66,7 +66,8 @@ pub fn q5<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q5Row, u
                         for e in batch.drain(..) {
                             if let Event::Bid(b) = e {
                                 let slice = b.date_time / SLIDE;
-                                let first = (slice + 1).saturating_sub(WINDOWS_PER_BID).max(open_from);
+                                let first =
+                                    (slice + 1).saturating_sub(WINDOWS_PER_BID).max(open_from);
                                 if first <= slice {
                                     *counts.entry((b.auction, slice, first)).or_default() += 1;
                                 }
@@ -147,15 +148,17 @@ pub fn q5<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (Q5Row, u
                     }
                     let (end, (cap, num, mut auctions)) = entry.remove_entry();
                     auctions.sort_unstable();
-                    output.session(&cap).give_iterator(auctions.into_iter().map(|auction| {
-                        let row = Q5Row {
-                            auction,
-                            num,
-                            window_start: end - SIZE,
-                            window_end: end,
-                        };
-                        (row, end, 1)
-                    }));
+                    output
+                        .session(&cap)
+                        .give_iterator(auctions.into_iter().map(|auction| {
+                            let row = Q5Row {
+                                auction,
+                                num,
+                                window_start: end - SIZE,
+                                window_end: end,
+                            };
+                            (row, end, 1)
+                        }));
                 }
             }
         },
