@@ -137,9 +137,13 @@ pub fn kind_of(n: u64) -> Kind {
 /// at least 0.
 fn last_base0_person(n: u64) -> u64 {
     let epoch = n / PROPORTION_TOTAL;
-    // Written for any proportions; with the standard one person per epoch it is 0.
-    #[allow(clippy::unnecessary_min_or_max)]
-    let offset = (n % PROPORTION_TOTAL).min(PERSON_PROPORTION - 1);
+    // Within an epoch, people come first: past them, the epoch's last one.
+    let rem = n % PROPORTION_TOTAL;
+    let offset = if rem < PERSON_PROPORTION {
+        rem
+    } else {
+        PERSON_PROPORTION - 1
+    };
     epoch * PERSON_PROPORTION + offset
 }
 

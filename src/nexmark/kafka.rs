@@ -71,7 +71,7 @@ fn client(bootstrap: &str) -> ClientConfig {
 }
 
 /// Writes events `0..n` of `generator` into `topic` (created with `partitions`
-/// partitions if missing), event `n` to partition `n % partitions`, and waits until the
+/// partitions and no time-based retention if missing), event `n` to partition `n % partitions`, and waits until the
 /// broker has them all. Returns the bytes of payload written.
 pub fn produce(
     bootstrap: &str,
@@ -89,7 +89,9 @@ pub fn produce(
         &[TopicRequest {
             name: topic,
             partitions,
-            config: vec![],
+            // Kafka timestamps are the events' date_time, which can lie weeks in the past:
+            // time-based retention would delete the records at its next check.
+            config: vec![("retention.ms", "-1")],
         }],
     )?;
     let probe = kafka::metadata_consumer(&config)?;
@@ -370,12 +372,14 @@ pub fn topic_source<'s>(
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
         let mut buffer: Vec<Event> = Vec::with_capacity(1024);
+        // This activation's events with their times: sorted by time before they are sent,
+        // so the partitions' records of one millisecond share one message.
+        let mut pending: Vec<(u64, Event)> = Vec::with_capacity(8192);
         let mut logged_error = false;
         move |output| {
             let Some(held) = cap.as_mut() else { return };
             let mut read = 0u64;
             let mut errors = 0u64;
-            let mut at: Option<u64> = None;
             // A bounded amount per activation, so that downstream operators run.
             for _ in 0..8192 {
                 let Some(result) = reader.consumer.poll(Duration::ZERO) else {
@@ -416,6 +420,12 @@ pub fn topic_source<'s>(
                 let t = event.date_time();
                 let time = t.max(state.watermark(reader.bound_ms));
                 state.max_seen = Some(state.max_seen.map_or(t, |m| m.max(t)));
+                pending.push((time, event));
+            }
+            // Stable: each partition's records stay in offset order.
+            pending.sort_by_key(|(time, _)| *time);
+            let mut at = None;
+            for (time, event) in pending.drain(..) {
                 if at != Some(time) {
                     if let Some(a) = at.filter(|_| !buffer.is_empty()) {
                         output
@@ -441,7 +451,12 @@ pub fn topic_source<'s>(
                     if wm > *held.time() {
                         held.downgrade(&wm);
                     }
-                    activator.activate();
+                    if read == 0 {
+                        // Nothing fetched yet: look again soon, without spinning.
+                        activator.activate_after(Duration::from_millis(1));
+                    } else {
+                        activator.activate();
+                    }
                 }
             }
         }
