@@ -243,6 +243,19 @@ pub fn fence_workers(
     })
 }
 
+/// Aborts the open transaction. librdkafka's abort waits until the delivery reports of
+/// the transaction's outstanding records have been served, and nothing else polls this
+/// producer: flushing first serves them (records of an aborted transaction are never
+/// visible to `read_committed` readers), so the abort does not sit out its timeout.
+fn abort_transaction(producer: &BaseProducer<DeliveryTracker>) {
+    if let Err(e) = producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
+        tracing::warn!(error = %e, "could not flush the transaction being aborted");
+    }
+    if let Err(e) = producer.abort_transaction(Timeout::After(FLUSH_TIMEOUT)) {
+        tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
+    }
+}
+
 /// The part of a commit that waits for the broker, on the commit thread: flush (and with
 /// exactly-once, commit the transaction), then check the deliveries. Returns the outcome
 /// and whether the transaction is still open.
@@ -253,9 +266,7 @@ fn finish(
 ) -> (Result<(), String>, bool) {
     crate::fault::point("before-commit");
     if transactional && crate::fault::fails("commit-fails") {
-        if let Err(e) = producer.abort_transaction(Timeout::After(FLUSH_TIMEOUT)) {
-            tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
-        }
+        abort_transaction(producer);
         return (
             Err("commit failed: transaction aborted (injected by WATERLINE_FAULT)".into()),
             false,
@@ -418,12 +429,7 @@ impl Writer for KafkaWriter {
             let _ = self.join_commit();
         }
         if self.transactional && self.in_transaction {
-            if let Err(e) = self
-                .producer
-                .abort_transaction(Timeout::After(FLUSH_TIMEOUT))
-            {
-                tracing::warn!(error = %e, "could not abort the open transaction; the broker will time it out");
-            }
+            abort_transaction(&self.producer);
             self.in_transaction = false;
         } else if let Err(e) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
             tracing::warn!(error = %e, "could not flush on stop");
