@@ -300,9 +300,9 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 time,
                 key: keys[key].clone(),
                 id: String::new(),
-                values: vec![amount],
+                values: Vec::new(),
                 windows: vec![Some(Grouped {
-                    key: keys[key].clone(),
+                    key: None,
                     value: amount,
                 })],
                 correlation_id: None,

@@ -12,8 +12,10 @@ use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::expr::Arg;
+use crate::flat_json;
 use crate::spec::{Check, CorrelationSource, FieldType, PipelineSpec};
 
 /// Largest magnitude a decimal field may have. Sums of up to 10^10 such values still fit
@@ -104,9 +106,12 @@ pub struct Event {
     pub time: u64,
     /// Grouping key.
     pub key: String,
-    /// Event id.
+    /// Event id, kept only in a dataflow with `[enrich]`, whose missing-reference dead
+    /// letters name it; empty otherwise (dedupe reads it from [`Decoded::id`]).
     pub id: String,
-    /// Values of the dataflow's numeric fields, in `PipelineSpec::numeric_fields` order.
+    /// Values of the dataflow's numeric fields, in `PipelineSpec::numeric_fields` order,
+    /// for `[enrich]` to compute window values from after the join; empty in a dataflow
+    /// without `[enrich]`, where `windows` already holds every value a window takes.
     pub values: Vec<Decimal>,
     /// Per window, in `PipelineSpec::windows` order: the event's group and value there,
     /// or `None` when a filter keeps it out of that window.
@@ -123,17 +128,41 @@ pub struct Event {
 /// What one window takes from an event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Grouped {
+    /// The group key ([`group_key`]); `None` when it is the event's key (the window groups
+    /// by the input's key field alone, the usual case), which is then not stored twice.
+    pub key: Option<String>,
+    /// The aggregated value (zero when the window aggregates none).
+    pub value: Decimal,
+}
+
+/// What one window takes from an event, as [`Event::window`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group<'a> {
     /// The group key ([`group_key`]).
-    pub key: String,
+    pub key: &'a str,
     /// The aggregated value (zero when the window aggregates none).
     pub value: Decimal,
 }
 
 impl Event {
     /// What window `index` takes from this event, or `None` when it is filtered out.
-    pub fn window(&self, index: usize) -> Option<&Grouped> {
-        self.windows.get(index).and_then(Option::as_ref)
+    pub fn window(&self, index: usize) -> Option<Group<'_>> {
+        let g = self.windows.get(index)?.as_ref()?;
+        Some(Group {
+            key: g.key.as_deref().unwrap_or(&self.key),
+            value: g.value,
+        })
     }
+}
+
+/// A decoded record: its event, and its id borrowed from the payload (only dedupe needs
+/// it, so it is not copied into the event).
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    /// The event.
+    pub event: Event,
+    /// The value of the input's id field.
+    pub id: Cow<'a, str>,
 }
 
 /// The group key of a window result, from the values of its `group_by` fields in order,
@@ -186,8 +215,12 @@ struct Slots<'s> {
 #[serde(transparent)]
 struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
+/// The members read from one payload (their values' JSON text), in [`Decoder`]'s `names`
+/// order. On the stack for dataflows of up to 8 fields.
+type SlotValues<'de> = SmallVec<[Option<&'de str>; 8]>;
+
 impl<'de> DeserializeSeed<'de> for Slots<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
+    type Value = SlotValues<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -195,17 +228,17 @@ impl<'de> DeserializeSeed<'de> for Slots<'_> {
 }
 
 impl<'de> Visitor<'de> for Slots<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
+    type Value = SlotValues<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut slots = vec![None; self.names.len()];
+        let mut slots: SlotValues<'de> = smallvec::smallvec![None; self.names.len()];
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match self.names.iter().position(|n| *n == key.0) {
-                Some(i) => slots[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) => slots[i] = Some(map.next_value::<&'de RawValue>()?.get()),
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -254,6 +287,11 @@ impl Decoder {
 
     /// Decodes one payload (`None` for a Kafka null value).
     pub fn decode(&self, payload: Option<&[u8]>) -> Result<Event, Rejection> {
+        self.decode_record(payload).map(|d| d.event)
+    }
+
+    /// Decodes one payload (`None` for a Kafka null value), with its id.
+    pub fn decode_record<'a>(&self, payload: Option<&'a [u8]>) -> Result<Decoded<'a>, Rejection> {
         let bytes = payload.unwrap_or_default();
         if bytes.is_empty() {
             return Err(Rejection::new(
@@ -284,24 +322,34 @@ impl Decoder {
                 ),
             });
         }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let slots = Slots { names: &self.names }
-            .deserialize(&mut de)
-            .and_then(|s| de.end().map(|_| s))
-            .map_err(|e| {
-                Rejection::new(
-                    ErrorKind::MalformedJson,
-                    format!("payload is not valid JSON: {e}"),
-                )
-            })?;
+        let mut slots: SlotValues<'_> = smallvec::smallvec![None; self.names.len()];
+        let read = {
+            let slots = slots.as_mut_slice();
+            flat_json::members(text, &self.names, |i, raw| slots[i] = Some(raw))
+        };
+        // The one-pass read reads only strings without escapes.
+        let plain = read.is_some();
+        if !plain {
+            // Not a flat object of plain values: serde_json reads it, or words the error.
+            let mut de = serde_json::Deserializer::from_str(text);
+            slots = Slots { names: &self.names }
+                .deserialize(&mut de)
+                .and_then(|s| de.end().map(|_| s))
+                .map_err(|e| {
+                    Rejection::new(
+                        ErrorKind::MalformedJson,
+                        format!("payload is not valid JSON: {e}"),
+                    )
+                })?;
+        }
         let correlation_id = self
             .correlation
             .and_then(|i| slots[i])
-            .and_then(|raw| correlation_text(raw.get()));
-        match self.event_of(&slots[..self.types.len()]) {
-            Ok(mut event) => {
-                event.correlation_id = correlation_id;
-                Ok(event)
+            .and_then(correlation_text);
+        match self.event_of(&slots[..self.types.len()], plain) {
+            Ok(mut decoded) => {
+                decoded.event.correlation_id = correlation_id;
+                Ok(decoded)
             }
             Err(mut rejection) => {
                 rejection.correlation_id = correlation_id;
@@ -310,13 +358,18 @@ impl Decoder {
         }
     }
 
-    /// Validates the declared fields' values (`slots`, in declaration order) into an event.
-    fn event_of(&self, slots: &[Option<&RawValue>]) -> Result<Event, Rejection> {
-        let mut values = Vec::with_capacity(slots.len());
+    /// Validates the declared fields' values (`slots`, in declaration order) into an event;
+    /// `plain`: no string among them has an escape.
+    fn event_of<'a>(
+        &self,
+        slots: &[Option<&'a str>],
+        plain: bool,
+    ) -> Result<Decoded<'a>, Rejection> {
+        let mut values: SmallVec<[FieldValue<'a>; 8]> = SmallVec::with_capacity(slots.len());
         for (i, slot) in slots.iter().enumerate() {
             let name = &self.names[i];
             let raw = match slot {
-                Some(raw) if raw.get() != "null" => raw.get(),
+                Some(raw) if *raw != "null" => raw,
                 Some(_) => {
                     return Err(Rejection::new(
                         ErrorKind::MissingField,
@@ -330,7 +383,7 @@ impl Decoder {
                     ));
                 }
             };
-            values.push(read_value(name, self.types[i], raw)?);
+            values.push(read_value(name, self.types[i], raw, plain)?);
         }
 
         let arg = |i: usize| -> Arg<'_> {
@@ -400,9 +453,12 @@ impl Decoder {
             FieldValue::Time(t) => t,
             _ => unreachable!("the event-time field is declared as a timestamp"),
         };
-        let key = as_text(&values[input.key_field]);
-        let id = as_text(&values[input.id_field]);
-        let numbers: Vec<Decimal> = self
+        let key = as_text(&values[input.key_field]).into_owned();
+        let id = match &values[input.id_field] {
+            FieldValue::Str(s) => s.clone(),
+            other => Cow::Owned(as_text(other).into_owned()),
+        };
+        let numbers: SmallVec<[Decimal; 8]> = self
             .spec
             .numeric_fields
             .iter()
@@ -447,22 +503,30 @@ impl Decoder {
                 (None, None) => Decimal::ZERO,
             };
             let key = if w.group_by.len() == 1 && w.group_by[0] == input.key_field {
-                key.clone()
+                None
             } else {
-                let parts: Vec<String> = w.group_by.iter().map(|&f| as_text(&values[f])).collect();
-                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-                group_key(&parts)
+                let parts: Vec<Cow<'_, str>> =
+                    w.group_by.iter().map(|&f| as_text(&values[f])).collect();
+                let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+                Some(group_key(&parts))
             };
             windows.push(Some(Grouped { key, value }));
         }
-        Ok(Event {
-            time,
-            key,
+        let (kept_id, values) = match self.spec.enrich {
+            Some(_) => (id.to_string(), numbers.to_vec()),
+            None => (String::new(), Vec::new()),
+        };
+        Ok(Decoded {
+            event: Event {
+                time,
+                key,
+                id: kept_id,
+                values,
+                windows,
+                correlation_id: None,
+                appended_ms: 0,
+            },
             id,
-            values: numbers,
-            windows,
-            correlation_id: None,
-            appended_ms: 0,
         })
     }
 }
@@ -471,7 +535,7 @@ impl Decoder {
 /// nothing for an empty string or any other JSON value.
 fn correlation_text(raw: &str) -> Option<String> {
     if raw.starts_with('"') {
-        json_string("correlation_id", raw)
+        json_string("correlation_id", raw, false)
             .ok()
             .filter(|s| !s.is_empty())
             .map(Cow::into_owned)
@@ -486,13 +550,13 @@ fn numbers_at(numbers: &[Decimal], j: usize) -> Decimal {
     numbers.get(j).copied().unwrap_or_default()
 }
 
-fn as_text(v: &FieldValue) -> String {
+fn as_text<'v>(v: &'v FieldValue) -> Cow<'v, str> {
     match v {
-        FieldValue::Str(s) => s.to_string(),
-        FieldValue::Int(i) => i.to_string(),
-        FieldValue::Dec(d) => d.normalize().to_string(),
-        FieldValue::Bool(b) => b.to_string(),
-        FieldValue::Time(t) => t.to_string(),
+        FieldValue::Str(s) => Cow::Borrowed(s),
+        FieldValue::Int(i) => Cow::Owned(i.to_string()),
+        FieldValue::Dec(d) => Cow::Owned(d.normalize().to_string()),
+        FieldValue::Bool(b) => Cow::Owned(b.to_string()),
+        FieldValue::Time(t) => Cow::Owned(t.to_string()),
     }
 }
 
@@ -533,17 +597,23 @@ fn is_number(raw: &str) -> bool {
     matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
 }
 
-fn read_value<'a>(name: &str, ty: FieldType, raw: &'a str) -> Result<FieldValue<'a>, Rejection> {
+/// `raw`'s value as a field of type `ty`; `plain`: a string in it has no escapes.
+fn read_value<'a>(
+    name: &str,
+    ty: FieldType,
+    raw: &'a str,
+    plain: bool,
+) -> Result<FieldValue<'a>, Rejection> {
     match ty {
         FieldType::String => {
             if !raw.starts_with('"') {
                 return Err(wrong_type(name, "a string", raw));
             }
-            Ok(FieldValue::Str(json_string(name, raw)?))
+            Ok(FieldValue::Str(json_string(name, raw, plain)?))
         }
         FieldType::Decimal => {
             let (text, quoted) = if raw.starts_with('"') {
-                (json_string(name, raw)?, true)
+                (json_string(name, raw, plain)?, true)
             } else if is_number(raw) {
                 (Cow::Borrowed(raw), false)
             } else {
@@ -578,22 +648,27 @@ fn read_value<'a>(name: &str, ty: FieldType, raw: &'a str) -> Result<FieldValue<
         },
         FieldType::Timestamp => {
             let ms = if raw.starts_with('"') {
-                let s = json_string(name, raw)?;
-                let t = chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| {
-                    let shown: String = s.chars().take(40).collect();
-                    Rejection::new(
-                        ErrorKind::InvalidValue,
-                        format!("field `{name}`: `{shown}` is not an RFC 3339 time ({e})"),
-                    )
-                })?;
-                let ms = t.timestamp_millis();
-                if ms < 0 {
-                    return Err(Rejection::new(
-                        ErrorKind::InvalidValue,
-                        format!("field `{name}`: {s} is before 1970-01-01"),
-                    ));
+                let s = json_string(name, raw, plain)?;
+                match crate::time::parse_utc_ms(&s) {
+                    Some(ms) => ms,
+                    None => {
+                        let t = chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| {
+                            let shown: String = s.chars().take(40).collect();
+                            Rejection::new(
+                                ErrorKind::InvalidValue,
+                                format!("field `{name}`: `{shown}` is not an RFC 3339 time ({e})"),
+                            )
+                        })?;
+                        let ms = t.timestamp_millis();
+                        if ms < 0 {
+                            return Err(Rejection::new(
+                                ErrorKind::InvalidValue,
+                                format!("field `{name}`: {s} is before 1970-01-01"),
+                            ));
+                        }
+                        ms as u64
+                    }
                 }
-                ms as u64
             } else if is_number(raw) {
                 match raw.parse::<i64>() {
                     Ok(ms) if ms >= 0 => ms as u64,
@@ -631,9 +706,9 @@ fn read_value<'a>(name: &str, ty: FieldType, raw: &'a str) -> Result<FieldValue<
     }
 }
 
-fn json_string<'a>(name: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejection> {
+fn json_string<'a>(name: &str, raw: &'a str, plain: bool) -> Result<Cow<'a, str>, Rejection> {
     let inner = &raw[1..raw.len() - 1];
-    if !inner.contains('\\') {
+    if plain || !inner.contains('\\') {
         return Ok(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(raw)
@@ -686,24 +761,49 @@ mod tests {
 
     #[test]
     fn decodes_the_founding_example() {
-        let e = decoder().decode(Some(GOOD.as_bytes())).expect("valid");
+        let d = decoder()
+            .decode_record(Some(GOOD.as_bytes()))
+            .expect("valid");
+        let e = &d.event;
         assert_eq!(e.time, 1_768_314_645_123);
         assert_eq!(e.key, "AAPL");
-        assert_eq!(e.id, "TRX-123456");
-        assert_eq!(e.values, vec![Decimal::from(50000)]);
+        assert_eq!(d.id, "TRX-123456");
+        assert!(
+            matches!(d.id, Cow::Borrowed(_)),
+            "an id without escapes is borrowed from the payload"
+        );
+        assert_eq!(
+            e.window(0),
+            Some(Group {
+                key: "AAPL",
+                value: Decimal::from(50000)
+            })
+        );
+        assert_eq!(
+            e.windows[0].as_ref().map(|g| &g.key),
+            Some(&None),
+            "key not stored twice"
+        );
+        assert!(e.values.is_empty(), "only [enrich] needs the values kept");
     }
 
     #[test]
     fn amounts_stay_exact_and_times_take_both_forms() {
-        let p = r#"{"trade_id":"a","timestamp":1768314645123,"amount":"0.1000000000000000000000000001","symbol":"B\u0052K","status":"filled","extra":{"x":[1,2]}}"#;
-        let e = decoder().decode(Some(p.as_bytes())).expect("valid");
+        let p = r#"{"trade_id":"a\u0062","timestamp":1768314645123,"amount":"0.1000000000000000000000000001","symbol":"B\u0052K","status":"filled","extra":{"x":[1,2]}}"#;
+        let d = decoder().decode_record(Some(p.as_bytes())).expect("valid");
+        assert_eq!(d.id, "ab", "an escaped id is unescaped");
+        let e = d.event;
         assert_eq!(e.time, 1_768_314_645_123);
         assert_eq!(e.key, "BRK");
-        assert_eq!(e.values[0].to_string(), "0.1000000000000000000000000001");
+        let value = |e: &Event| e.window(0).map(|g| g.value);
+        assert_eq!(
+            value(&e).map(|v| v.to_string()).as_deref(),
+            Some("0.1000000000000000000000000001")
+        );
         let p = r#"{"trade_id":"a","timestamp":"2026-01-13T15:30:45.123+01:00","amount":1.5e3,"symbol":"X","status":"filled"}"#;
         let e = decoder().decode(Some(p.as_bytes())).expect("valid");
         assert_eq!(e.time, 1_768_314_645_123);
-        assert_eq!(e.values[0], Decimal::from(1500));
+        assert_eq!(value(&e), Some(Decimal::from(1500)));
     }
 
     #[test]
@@ -810,7 +910,7 @@ mod tests {
         let e = web()
             .decode(Some(web_event("page_view", "/docs", "user-7").as_bytes()))
             .expect("valid");
-        let g = |i: usize| e.window(i).map(|g| (g.key.as_str(), g.value));
+        let g = |i: usize| e.window(i).map(|g| (g.key, g.value));
         assert_eq!(g(0), Some(("/docs", Decimal::ZERO)), "page views by page");
         assert_eq!(g(1), Some(("user-7", Decimal::ZERO)), "sessions by user");
         assert_eq!(g(2), Some(("", Decimal::ZERO)), "one global group");

@@ -11,8 +11,8 @@
 //! Module map:
 //! - [`spec`] dataflow files → a validated pipeline; [`config`] environment settings;
 //!   [`fields`] the reader that reports every bad field at once.
-//! - [`codec`] bytes → events, or a rejection with a reason; [`expr`] CEL rules, filters
-//!   and window values.
+//! - [`codec`] bytes → events, or a rejection with a reason ([`flat_json`] its one-pass
+//!   fast path); [`expr`] CEL rules, filters and window values; [`dedupe`] repeated ids.
 //! - [`time`] event time and per-partition watermarks.
 //! - [`source`] the source operator and its readers (Kafka, in-memory).
 //! - [`window`] assignment functions, accumulators, the window operator.
@@ -48,6 +48,7 @@ pub mod enrich;
 pub mod expr;
 pub mod fault;
 pub mod fields;
+pub mod flat_json;
 pub mod generate;
 pub mod http;
 pub mod kafka;

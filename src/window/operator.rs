@@ -111,7 +111,7 @@ pub fn windows<'s>(
     events.unary_frontier(
         Exchange::new(move |(e, _): &(Event, u64)| {
             // Events filtered out are skipped; spread them by their input key.
-            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key.as_str()))
+            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key))
         }),
         &name,
         move |_cap, _info| {
@@ -133,7 +133,7 @@ pub fn windows<'s>(
                             let Some(grouped) = event.window(index) else {
                                 continue; // filtered out of this window
                             };
-                            let (key, value, t) = (&grouped.key, grouped.value, event.time);
+                            let (key, value, t) = (grouped.key, grouped.value, event.time);
                             // Each window the event belongs to that has not closed at its
                             // partition's watermark (none, when it is late for them all).
                             for (start, end) in windows_of(w.kind, event.time) {
@@ -151,7 +151,7 @@ pub fn windows<'s>(
                                         (cap.delayed(&at, out_port), HashMap::new())
                                     });
                                     let delta = pending
-                                        .entry((key.clone(), start, close))
+                                        .entry((key.to_string(), start, close))
                                         .or_insert_with(Accumulator::empty);
                                     delta.add(value, t);
                                     delta.note_appended(event.appended_ms);

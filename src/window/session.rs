@@ -158,7 +158,7 @@ pub fn sessions<'s>(
     events.unary_frontier(
         Exchange::new(move |(e, _): &(Event, u64)| {
             // Events filtered out are skipped; spread them by their input key.
-            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key.as_str()))
+            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key))
         }),
         &name,
         move |_cap, _info| {
@@ -191,11 +191,11 @@ pub fn sessions<'s>(
                             let Some(grouped) = event.window(index) else {
                                 continue; // filtered out of this window
                             };
-                            let (key, value) = (&grouped.key, grouped.value);
+                            let (key, value) = (grouped.key, grouped.value);
                             match w.emit {
                                 Emit::Final => {
                                     let own = interval(gap_ms, max_duration_ms, event.time);
-                                    let sessions = open.entry(key.clone()).or_default();
+                                    let sessions = open.entry(key.to_string()).or_default();
                                     merge_into(
                                         sessions,
                                         &mut closing,
@@ -220,7 +220,7 @@ pub fn sessions<'s>(
                                         .or_insert_with(|| (cap.delayed(&at, out_port), Vec::new()))
                                         .1
                                         .push((
-                                            key.clone(),
+                                            key.to_string(),
                                             event.time,
                                             value,
                                             event.correlation_id.clone(),
