@@ -1,14 +1,20 @@
 //! Nexmark q0, q5 and q11 against naive recomputations written here from the query
 //! definitions alone (plain loops over the generated events), with 1 and 2 workers; and
-//! the Kafka path (produce, then read back through the source) against the generator.
+//! the Kafka path (produce, then read back through the source) against the generator,
+//! including topics whose end is a transaction marker or whose records were deleted.
 //!
-//! The Kafka test uses `$KAFKA_BOOTSTRAP`, or a broker `scripts/kafka.sh start` provides.
+//! The Kafka tests use `$KAFKA_BOOTSTRAP`, or a broker `scripts/kafka.sh start` provides.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::Input;
@@ -16,6 +22,7 @@ use timely::dataflow::operators::Inspect;
 use waterline::nexmark::generator::{Generator, GeneratorConfig};
 use waterline::nexmark::kafka;
 use waterline::nexmark::model::Event;
+use waterline::nexmark::queries::Query;
 use waterline::nexmark::queries::q0::{Q0Row, q0};
 use waterline::nexmark::queries::q5::{Q5Row, q5};
 use waterline::nexmark::queries::q11::{Q11Row, q11};
@@ -370,6 +377,204 @@ fn events_round_trip_through_kafka() {
         |r| r.window_end,
     );
     assert_eq!(q5_rows, naive_q5(&events(&c, n), 10_000, 2_000));
+}
+
+/// Runs `f` on a thread and returns what it returns, failing the test if it takes longer
+/// than a minute: a read that never finishes is a hang, not a slow test.
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver is gone only if the test already failed on the timeout.
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within 60 s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// What [`q0_over_topic`] saw: q0's updates and the number of records the source read.
+type Q0Run = Result<(Vec<(Q0Row, u64, isize)>, u64), kafka::SourceError>;
+
+/// Reads `topic` with `workers` workers through the source into q0, like
+/// `run::from_topic` but keeping the rows. `between(worker)` runs on every worker once
+/// all have opened their readers (their end offsets are fixed) and before any has
+/// fetched.
+fn q0_over_topic(
+    topic: &str,
+    workers: usize,
+    between: impl Fn(usize) + Send + Sync + 'static,
+) -> Q0Run {
+    let out: Out<Q0Row> = Arc::new(Mutex::new(Vec::new()));
+    let counts = Arc::new(kafka::SourceCounts::default());
+    {
+        let (out, counts) = (out.clone(), counts.clone());
+        let (bootstrap, topic) = (common::kafka::bootstrap().to_string(), topic.to_string());
+        let (opened, ready) = (
+            Arc::new(Barrier::new(workers)),
+            Arc::new(Barrier::new(workers)),
+        );
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let reader =
+                kafka::TopicReader::open(&bootstrap, &topic, worker.index(), worker.peers(), 0)
+                    .expect("open");
+            opened.wait();
+            between(worker.index());
+            ready.wait();
+            let (out, counts) = (out.clone(), counts.clone());
+            worker.dataflow::<u64, _, _>(move |scope| {
+                q0(kafka::topic_source(scope, reader, counts))
+                    .inspect(move |u| out.lock().expect("not poisoned").push(u.clone()));
+            });
+            while worker.step_or_park(None) {}
+        })
+        .expect("timely runs");
+    }
+    if let Some(e) = counts.error() {
+        return Err(e.clone());
+    }
+    let updates = std::mem::take(&mut *out.lock().expect("not poisoned"));
+    Ok((updates, counts.records.load(Ordering::Relaxed)))
+}
+
+/// A record to write: (partition, key, event).
+type Placed = (i32, u64, Event);
+
+/// Writes records into `topic` in transactions, each committed or aborted as its flag
+/// says, encoded as `kafka::produce` encodes.
+fn write_transactions(topic: &str, transactions: &[(Vec<Placed>, bool)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::kafka::bootstrap())
+        .set("transactional.id", format!("{topic}-writer"))
+        .create()
+        .expect("transactional producer");
+    let timeout = Duration::from_secs(30);
+    producer
+        .init_transactions(timeout)
+        .expect("init_transactions");
+    for (records, commit) in transactions {
+        producer.begin_transaction().expect("begin_transaction");
+        for (partition, key, event) in records {
+            let payload = serde_json::to_vec(event).expect("an Event serializes");
+            let key = key.to_be_bytes();
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(*partition)
+                .key(&key[..])
+                .payload(&payload[..])
+                .timestamp(event.date_time() as i64);
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(timeout).expect("flush");
+        if *commit {
+            producer.commit_transaction(timeout).expect("commit");
+        } else {
+            producer.abort_transaction(timeout).expect("abort");
+        }
+    }
+}
+
+/// A topic whose partitions end on a transaction commit marker (an offset that is no
+/// record), with an aborted transaction before it: the read ends, holds exactly the
+/// committed events, and q0 over it matches the recomputation, through the source and
+/// through `run::from_topic`.
+#[test]
+fn a_read_ends_on_a_transaction_marker() {
+    let topic = common::kafka::unique("nexmark-txn");
+    common::kafka::create_topic(&topic, 2);
+    let c = config(RATES[1]);
+    let n = 2_000u64;
+    let all = events(&c, n);
+    let record = |i: u64, e: &Event| ((i % 2) as i32, i, e.clone());
+    let first: Vec<_> = (0..n / 2).map(|i| record(i, &all[i as usize])).collect();
+    let last: Vec<_> = (n / 2..n).map(|i| record(i, &all[i as usize])).collect();
+    // Bids no committed event has: were they read, q0 would pass them through.
+    let t = all[(n / 2) as usize].date_time();
+    let aborted: Vec<_> = (0..10)
+        .map(|i| record(n + i, &bid(u64::MAX - i, 1, t)))
+        .collect();
+    write_transactions(&topic, &[(first, true), (aborted, false), (last, true)]);
+    let expected = naive_q0(&all);
+
+    let t = topic.clone();
+    let (updates, records) = within_a_minute("reading a topic that ends on a marker", move || {
+        q0_over_topic(&t, 2, |_| {})
+    })
+    .expect("the read reaches the end");
+    assert_eq!(records, n, "the committed records, and only those");
+    assert_eq!(final_rows(updates, |r| r.date_time), expected);
+
+    let bootstrap = common::kafka::bootstrap();
+    let report = within_a_minute(
+        "run::from_topic over a topic that ends on a marker",
+        move || waterline::nexmark::run::from_topic(Query::Q0, 2, bootstrap, &topic, 0),
+    )
+    .expect("the run succeeds");
+    assert_eq!(report.events, n);
+    assert_eq!(report.results, expected.len() as i64);
+}
+
+/// Records written after the read fixed its end offsets are not its input: it holds
+/// exactly the events written before.
+#[test]
+fn records_written_after_the_read_started_are_not_read() {
+    let topic = common::kafka::unique("nexmark-growing");
+    let c = config(RATES[0]);
+    let n = 1_000;
+    kafka::produce(common::kafka::bootstrap(), &topic, 2, &c, n).expect("produce");
+    let t = topic.clone();
+    let (updates, records) = within_a_minute("reading a topic still being written", move || {
+        let writing = t.clone();
+        q0_over_topic(&t, 2, move |worker| {
+            if worker == 0 {
+                let later = GeneratorConfig {
+                    seed: 7,
+                    ..config(RATES[0])
+                };
+                kafka::produce(common::kafka::bootstrap(), &writing, 2, &later, 500)
+                    .expect("produce more");
+            }
+        })
+    })
+    .expect("the read reaches the end");
+    assert_eq!(records, n);
+    assert_eq!(
+        final_rows(updates, |r| r.date_time),
+        naive_q0(&events(&c, n))
+    );
+}
+
+/// Records of a partition deleted after the read fixed its offsets and before it fetched
+/// them: the read cannot reach its end, and ends with an error that names the topic, the
+/// partition and the first offset it lacks, instead of waiting for them.
+#[test]
+fn records_deleted_before_they_are_read_end_the_read_with_an_error() {
+    let topic = common::kafka::unique("nexmark-deleted");
+    let c = config(RATES[0]);
+    kafka::produce(common::kafka::bootstrap(), &topic, 2, &c, 1_000).expect("produce");
+    let t = topic.clone();
+    let result = within_a_minute("reading a topic whose records were deleted", move || {
+        let deleting = t.clone();
+        q0_over_topic(&t, 2, move |worker| {
+            if worker == 0 {
+                common::kafka::delete_records(&deleting, 1, 100);
+            }
+        })
+    });
+    let e = result.expect_err("the read fails");
+    match &e {
+        kafka::SourceError::RecordsGone {
+            topic: t,
+            partition,
+            offset,
+            log_start,
+        } => assert_eq!((t, *partition, *offset, *log_start), (&topic, 1, 0, 100)),
+        other => panic!("not the deleted records: {other}"),
+    }
+    let message = e.to_string();
+    for part in [topic.as_str(), "partition 1", "offset 0"] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
 }
 
 fn waterline(args: &[&str]) -> std::process::Output {

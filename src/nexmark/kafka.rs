@@ -18,8 +18,24 @@
 //! the frontier is the watermark. Records that do not decode are counted in
 //! [`SourceCounts::decode_errors`] and logged (the first per worker, with partition and
 //! offset), never a panic.
+//!
+//! End: a partition is finished when the record before its end offset arrives, or when
+//! librdkafka says it reached the partition's end (`enable.partition.eof`) with the
+//! consumer's position at or past the end offset: the last offsets can be transaction
+//! markers or aborted records, which are never delivered as records (the position steps
+//! over them). At the end with the position short of the end offset, the partition is
+//! finished if its log still reaches the end offset (the offsets between hold no records)
+//! and an error if not. Records at or past the end offset (the topic is still being
+//! written) are skipped: not emitted, not counted.
+//!
+//! Errors: records deleted (retention, DeleteRecords) before they were read, or a log
+//! truncated below the end offset, make the read unable to finish. The source records a
+//! [`SourceError`] naming the topic, partition and offset in [`SourceCounts::error`] and
+//! ends its stream; every source sharing those counts ends too, so the run stops instead
+//! of waiting forever, and its output is incomplete.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -259,20 +275,98 @@ pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-/// What the source workers read, summed over workers.
+/// What the source workers read, summed over workers, and the first error that ended
+/// the read early.
 #[derive(Debug, Default)]
 pub struct SourceCounts {
-    /// Records read.
+    /// Records read (below their partitions' end offsets).
     pub records: AtomicU64,
     /// Records that did not decode (skipped).
     pub decode_errors: AtomicU64,
+    error: OnceLock<SourceError>,
 }
+
+impl SourceCounts {
+    /// Why the read stopped before the end offsets, if it did. Every worker's source then
+    /// ends its stream early, so what the dataflow emitted is incomplete.
+    pub fn error(&self) -> Option<&SourceError> {
+        self.error.get()
+    }
+
+    /// Keeps the first error only: it is the cause, and the ones after it are likely its
+    /// consequences.
+    fn fail(&self, e: SourceError) {
+        if let Err(later) = self.error.set(e) {
+            tracing::debug!(error = %later, "a further source error, after the first");
+        }
+    }
+}
+
+/// Why a topic could not be read to the end offsets it had when the read started.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Records the read still needed were deleted (retention, DeleteRecords) first.
+    #[error(
+        "records of `{topic}` partition {partition} from offset {offset} are gone (the log now \
+         starts at offset {log_start}): they were deleted before they were read"
+    )]
+    RecordsGone {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The first offset not read.
+        offset: i64,
+        /// The partition's first offset now.
+        log_start: i64,
+    },
+    /// The partition's log now ends before the end offset it had at the start: it was
+    /// truncated, and the records in between are lost.
+    #[error(
+        "`{topic}` partition {partition} now ends at offset {log_end}, before the end offset \
+         {end} it had when the read started: records were lost"
+    )]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Where the partition ends now.
+        log_end: i64,
+        /// Where it ended when the read started.
+        end: i64,
+    },
+    /// The consumer stopped fetching for a reason the partitions' offsets do not explain.
+    #[error("cannot read `{topic}` to its end ({unfinished}): {source}")]
+    Consume {
+        /// The topic.
+        topic: String,
+        /// The partitions not read to their end, each with its position.
+        unfinished: String,
+        /// The client's error (boxed: it is larger than the rest of the enum).
+        source: Box<KafkaError>,
+    },
+    /// The partitions could not be assigned to the consumer.
+    #[error("cannot assign partitions of `{topic}`: {source}")]
+    Assign {
+        /// The topic.
+        topic: String,
+        /// The client's error (boxed: it is larger than the rest of the enum).
+        source: Box<KafkaError>,
+    },
+}
+
+/// The longest a broker look-up made to explain a consumer error may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One worker's share of a topic, opened before the dataflow is built so that errors
 /// surface as errors.
 pub struct TopicReader {
     consumer: BaseConsumer,
-    /// Per assigned partition: (partition, end offset at start, done, max date_time seen).
+    topic: String,
+    /// The partitions to read and their start offsets, assigned at the source's first
+    /// activation (`None` after that, or if there is nothing to read).
+    assignment: Option<TopicPartitionList>,
     partitions: Vec<PartState>,
     bound_ms: u64,
     worker: usize,
@@ -280,8 +374,15 @@ pub struct TopicReader {
 
 struct PartState {
     partition: i32,
+    /// The end offset at open; the read stops before it. A last stable offset (the
+    /// consumer reads committed records only), so it never falls inside an open
+    /// transaction.
     end: i64,
+    /// The offset after the last one delivered, record or transaction marker.
+    next: i64,
     done: bool,
+    /// Fetching stopped for it, once done.
+    paused: bool,
     max_seen: Option<u64>,
 }
 
@@ -291,10 +392,30 @@ impl PartState {
     }
 }
 
+/// Whether a consumer error means librdkafka has stopped fetching a partition for good:
+/// with `auto.offset.reset=error`, an offset that is no longer in the log (records
+/// deleted, log truncated) ends its fetching, and no record or end notice follows.
+fn stops_fetching(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            RDKafkaErrorCode::AutoOffsetReset
+                | RDKafkaErrorCode::OffsetOutOfRange
+                | RDKafkaErrorCode::LogTruncation
+        ),
+        _ => false,
+    }
+}
+
 impl TopicReader {
-    /// Assigns worker `index` of `peers` its partitions of `topic` (`p % peers == index`),
-    /// from the beginning to the end offsets they have now. `bound_ms`: the watermark's
-    /// allowance for out-of-order events (0 for the in-order generator).
+    /// Worker `index` of `peers`'s partitions of `topic` (`p % peers == index`), from the
+    /// beginning to the end offsets they have now. `bound_ms`: the watermark's allowance
+    /// for out-of-order events (0 for the in-order generator).
+    ///
+    /// Fetching starts at the source's first activation: nothing is buffered while the
+    /// dataflow is being built, and records deleted in between are reported like those
+    /// deleted mid-read, as a [`SourceError`].
     pub fn open(
         bootstrap: &str,
         topic: &str,
@@ -307,6 +428,17 @@ impl TopicReader {
             .set("group.id", "waterline-nexmark")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // librdkafka's default, stated because the end offsets read below are then
+            // last stable offsets: the read never waits on an open transaction.
+            .set("isolation.level", "read_committed")
+            // A partition's last offset can be no record (a transaction marker, aborted
+            // records): the end-of-partition notice, with the consumer's position (which
+            // steps over markers), says the end is reached.
+            .set("enable.partition.eof", "true")
+            // Records deleted before they were read are an error. librdkafka's default
+            // (`largest`) jumps to the log's end, past the end offset without delivering
+            // it: the read would never finish.
+            .set("auto.offset.reset", "error")
             // Large fetches: the source reads a backlog as fast as it can.
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
@@ -332,20 +464,24 @@ impl TopicReader {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, timeout)
                 .map_err(kafka_err(format!("cannot read the offsets of {topic}/{p}")))?;
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(kafka_err("cannot build an assignment"))?;
+            let done = high <= low;
+            if !done {
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                    .map_err(kafka_err("cannot build an assignment"))?;
+            }
             partitions.push(PartState {
                 partition: p,
                 end: high,
-                done: high <= low,
+                next: low,
+                done,
+                paused: done,
                 max_seen: None,
             });
         }
-        consumer
-            .assign(&tpl)
-            .map_err(kafka_err(format!("cannot assign partitions of `{topic}`")))?;
         Ok(TopicReader {
             consumer,
+            topic: topic.to_string(),
+            assignment: (tpl.count() > 0).then_some(tpl),
             partitions,
             bound_ms,
             worker: index,
@@ -359,10 +495,117 @@ impl TopicReader {
             .map(|p| p.watermark(self.bound_ms))
             .min()
     }
+
+    /// The consumer's position in `partition`: the offset after the last record or
+    /// transaction marker it delivered.
+    fn position(&self, partition: i32) -> Option<i64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(&self.topic, partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// librdkafka reached the end `partition` has now. That end is never below the one
+    /// it had at open, so every offset before that has been delivered, as a record or a
+    /// marker, unless it holds neither (compacted away, or truncated).
+    fn at_eof(&mut self, partition: i32) -> Result<(), SourceError> {
+        let position = self.position(partition);
+        let Some(state) = self
+            .partitions
+            .iter_mut()
+            .find(|s| s.partition == partition && !s.done)
+        else {
+            return Ok(());
+        };
+        state.next = state.next.max(position.unwrap_or(state.next));
+        if state.next < state.end {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, LOOKUP_TIMEOUT)
+            {
+                Ok((_, log_end)) if log_end < state.end => {
+                    return Err(SourceError::Truncated {
+                        topic: self.topic.clone(),
+                        partition,
+                        log_end,
+                        end: state.end,
+                    });
+                }
+                // The offsets stepped over held no records: nothing is missing.
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    worker = self.worker,
+                    partition,
+                    position = state.next,
+                    end = state.end,
+                    error = %e,
+                    "partition read to its end short of the end offset, and its offsets \
+                     cannot be checked; taking it as done"
+                ),
+            }
+        }
+        state.done = true;
+        Ok(())
+    }
+
+    /// Explains an error after which librdkafka fetches no more of some partition. The
+    /// error does not say which: the partitions' current offsets do.
+    fn diagnose(&self, source: KafkaError) -> SourceError {
+        let mut unfinished = Vec::new();
+        for state in self.partitions.iter().filter(|s| !s.done) {
+            let p = state.partition;
+            let at = state.next.max(self.position(p).unwrap_or(state.next));
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, p, LOOKUP_TIMEOUT)
+            {
+                Ok((log_start, _)) if at < log_start => {
+                    return SourceError::RecordsGone {
+                        topic: self.topic.clone(),
+                        partition: p,
+                        offset: at,
+                        log_start,
+                    };
+                }
+                Ok((_, log_end)) if log_end < state.end => {
+                    return SourceError::Truncated {
+                        topic: self.topic.clone(),
+                        partition: p,
+                        log_end,
+                        end: state.end,
+                    };
+                }
+                _ => unfinished.push(format!("partition {p} at offset {at}")),
+            }
+        }
+        SourceError::Consume {
+            topic: self.topic.clone(),
+            unfinished: unfinished.join(", "),
+            source: Box::new(source),
+        }
+    }
+
+    /// Stops fetching the partitions that are done: a topic still being written would
+    /// otherwise fill the consumer's queue with records the read skips.
+    fn pause_finished(&mut self) {
+        if !self.partitions.iter().any(|s| s.done && !s.paused) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for state in self.partitions.iter_mut().filter(|s| s.done && !s.paused) {
+            state.paused = true;
+            tpl.add_partition(&self.topic, state.partition);
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::debug!(worker = self.worker, error = %e, "cannot pause finished partitions");
+        }
+    }
 }
 
 /// The events of `reader`'s partitions as a stream (see the module docs); counts go to
-/// `counts`.
+/// `counts`, and so does the error if the read cannot reach the end offsets: the stream
+/// then ends early, on every worker that shares `counts`.
 pub fn topic_source<'s>(
     scope: Scope<'s, u64>,
     mut reader: TopicReader,
@@ -378,8 +621,24 @@ pub fn topic_source<'s>(
         let mut logged_error = false;
         move |output| {
             let Some(held) = cap.as_mut() else { return };
+            if counts.error().is_some() {
+                // A read failed, here or on another worker: the run has no complete input.
+                cap = None;
+                return;
+            }
+            if let Some(tpl) = reader.assignment.take()
+                && let Err(source) = reader.consumer.assign(&tpl)
+            {
+                counts.fail(SourceError::Assign {
+                    topic: reader.topic.clone(),
+                    source: Box::new(source),
+                });
+                cap = None;
+                return;
+            }
             let mut read = 0u64;
             let mut errors = 0u64;
+            let mut failed = false;
             // A bounded amount per activation, so that downstream operators run.
             for _ in 0..8192 {
                 let Some(result) = reader.consumer.poll(Duration::ZERO) else {
@@ -387,16 +646,36 @@ pub fn topic_source<'s>(
                 };
                 let message = match result {
                     Ok(m) => m,
+                    Err(KafkaError::PartitionEOF(p)) => {
+                        if let Err(e) = reader.at_eof(p) {
+                            failed = true;
+                            counts.fail(e);
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) if stops_fetching(&e) => {
+                        let e = reader.diagnose(e);
+                        tracing::error!(worker = reader.worker, error = %e, "Kafka read failed");
+                        failed = true;
+                        counts.fail(e);
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(worker = reader.worker, error = %e, "Kafka read error");
                         break;
                     }
                 };
-                let p = message.partition();
+                let (p, offset) = (message.partition(), message.offset());
                 let Some(state) = reader.partitions.iter_mut().find(|s| s.partition == p) else {
                     continue;
                 };
-                if message.offset() + 1 >= state.end {
+                if offset >= state.end {
+                    // Written after the read started: not this run's input.
+                    continue;
+                }
+                state.next = state.next.max(offset + 1);
+                if offset + 1 >= state.end {
                     state.done = true;
                 }
                 read += 1;
@@ -409,7 +688,7 @@ pub fn topic_source<'s>(
                             tracing::warn!(
                                 worker = reader.worker,
                                 partition = p,
-                                offset = message.offset(),
+                                offset,
                                 error = %e,
                                 "record skipped: it does not decode (further ones are only counted)"
                             );
@@ -421,6 +700,13 @@ pub fn topic_source<'s>(
                 let time = t.max(state.watermark(reader.bound_ms));
                 state.max_seen = Some(state.max_seen.map_or(t, |m| m.max(t)));
                 pending.push((time, event));
+            }
+            counts.records.fetch_add(read, Ordering::Relaxed);
+            counts.decode_errors.fetch_add(errors, Ordering::Relaxed);
+            if failed {
+                pending.clear();
+                cap = None;
+                return;
             }
             // Stable: each partition's records stay in offset order.
             pending.sort_by_key(|(time, _)| *time);
@@ -443,8 +729,7 @@ pub fn topic_source<'s>(
                     .give_container(&mut buffer);
                 buffer.clear();
             }
-            counts.records.fetch_add(read, Ordering::Relaxed);
-            counts.decode_errors.fetch_add(errors, Ordering::Relaxed);
+            reader.pause_finished();
             match reader.low_watermark() {
                 None => cap = None,
                 Some(wm) => {
@@ -483,6 +768,32 @@ mod tests {
             Ok(Event::Bid(b)) => assert_eq!((b.channel.as_str(), b.url.as_str()), ("a\"b", "é")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_errors_that_stop_fetching_end_the_read() {
+        for code in [
+            RDKafkaErrorCode::AutoOffsetReset,
+            RDKafkaErrorCode::OffsetOutOfRange,
+            RDKafkaErrorCode::LogTruncation,
+        ] {
+            assert!(
+                stops_fetching(&KafkaError::MessageConsumption(code)),
+                "{code:?}"
+            );
+        }
+        // librdkafka retries these by itself.
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(
+                !stops_fetching(&KafkaError::MessageConsumption(code)),
+                "{code:?}"
+            );
+        }
+        assert!(!stops_fetching(&KafkaError::PartitionEOF(0)));
     }
 
     #[test]

@@ -156,7 +156,9 @@ pub fn in_process(query: Query, shares: Vec<Vec<Event>>) -> Result<Report, anyho
 }
 
 /// Runs `query` with `workers` workers over `topic`, read to the end offsets it has at
-/// start; `bound_ms` is the watermark's out-of-orderness bound.
+/// start; `bound_ms` is the watermark's out-of-orderness bound. Records the read cannot
+/// reach (deleted or truncated before they were read) are an error naming the partition
+/// and offset: the run ends with it instead of waiting for them.
 pub fn from_topic(
     query: Query,
     workers: usize,
@@ -193,6 +195,10 @@ pub fn from_topic(
             r.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+    }
+    if let Some(e) = counts.error() {
+        // The sources ended early: the results are of part of the input.
+        return Err(e.clone().into());
     }
     Ok(Report {
         query,

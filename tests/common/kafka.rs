@@ -77,6 +77,25 @@ pub fn create_topic(name: &str, partitions: i32) {
     }
 }
 
+/// Deletes the records of `topic`'s `partition` below `before` (Kafka's DeleteRecords,
+/// what retention does by time or size).
+pub fn delete_records(topic: &str, partition: i32, before: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(before))
+        .expect("a valid offset");
+    let done = futures_executor::block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("cannot delete records of {topic}/{partition}: {e}"));
+    for e in done.elements() {
+        if let Err(err) = e.error() {
+            panic!("cannot delete records of {topic}/{}: {err}", e.partition());
+        }
+    }
+}
+
 /// Produces each partition's records in order, so record i of partition p has offset i.
 /// A Kafka record to send: (key, value).
 pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
