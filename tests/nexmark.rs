@@ -494,6 +494,7 @@ fn a_read_ends_on_a_transaction_marker() {
         .map(|i| record(n + i, &bid(u64::MAX - i, 1, t)))
         .collect();
     write_transactions(&topic, &[(first, true), (aborted, false), (last, true)]);
+    common::kafka::wait_until_stable(&topic, 2);
     let expected = naive_q0(&all);
 
     let t = topic.clone();

@@ -96,6 +96,42 @@ pub fn delete_records(topic: &str, partition: i32, before: i64) {
     }
 }
 
+/// Waits until every record written to `topic`'s `partitions` is readable by a
+/// `read_committed` consumer: until its last stable offsets reach the log ends. A
+/// transaction's commit returns once the coordinator has decided it; the markers that
+/// end it in each partition are written after, so for a moment a reader that fixes its
+/// end offsets sees the transaction as still open.
+pub fn wait_until_stable(topic: &str, partitions: i32) {
+    let consumer = |isolation: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("isolation.level", isolation)
+            .create()
+            .expect("consumer")
+    };
+    let (committed, uncommitted) = (consumer("read_committed"), consumer("read_uncommitted"));
+    let timeout = Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for p in 0..partitions {
+        loop {
+            let (_, stable) = committed
+                .fetch_watermarks(topic, p, timeout)
+                .expect("last stable offset");
+            let (_, end) = uncommitted
+                .fetch_watermarks(topic, p, timeout)
+                .expect("log end offset");
+            if stable >= end {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{topic}/{p}: the last stable offset stays at {stable}, below the log end {end}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Produces each partition's records in order, so record i of partition p has offset i.
 /// A Kafka record to send: (key, value).
 pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
