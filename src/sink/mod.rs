@@ -276,10 +276,7 @@ pub fn sink<'s, W: Writer + 'static>(
                             );
                             tracing::debug!(frontier = commit.frontier, "committed");
                             committed = commit.frontier;
-                            // Commits start an interval apart (start to start), so an
-                            // output waits at most one interval for the commit that
-                            // writes it to start, however long commits take.
-                            last_commit = commit.started;
+                            last_commit = Instant::now();
                             state.borrow_mut().committed = committed;
                             if let Some(cap) = commits_cap.as_mut() {
                                 commits_out.activate().session(cap).give((me, committed));
