@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end benchmark (benches/e2e.rs): in one run, against a real Apache Kafka broker,
 # a bare librdkafka consumer (the input side's limit) and waterline's trades dataflow,
-# at-least-once and exactly-once, on the same pre-produced topic; then end-to-end latency at
-# half the exactly-once rate. Prints a markdown table (events/s, ratio to the baseline, CPU
+# at-least-once and exactly-once, on the same pre-produced topic; then the most exactly-once
+# sustains live (fed more than it takes), and end-to-end latency at half that. Prints a markdown table (events/s, ratio to the baseline, CPU
 # seconds, events per CPU-second, peak RSS, latency p50/p99), a latency table and the
 # target checks as PASS/MISS lines.
 #
@@ -14,8 +14,8 @@
 #                                 leaves it running)
 #   WATERLINE_BENCH_MILLIONS      million trades to pre-produce (default 2; fractions work)
 #   WATERLINE_BENCH_LATENCY_SECS  measured seconds per latency mode (default 20)
-#   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the exactly-once
-#                                 backfill rate (default 0.5)
+#   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
+#                                 (default 0.5)
 #
 # Progress goes to stderr, the report to stdout; exits non-zero if a run dies, reads fewer
 # records than were produced, or a latency sample set is empty.

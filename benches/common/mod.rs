@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -233,6 +233,58 @@ pub fn scrape_sum(address: &str, name: &str) -> Option<f64> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
+}
+
+/// The cumulative buckets `(le, count)` of histogram `name` on `http://<address>/metrics`,
+/// summed over the series whose labels include `label` (e.g. `since="append"`), in `le`
+/// order (`+Inf` last); `None` while the server does not answer.
+pub fn scrape_buckets(address: &str, name: &str, label: &str) -> Option<Buckets> {
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    let bucket = format!("{name}_bucket{{");
+    let mut sums: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with(&bucket) && l.contains(label))
+    {
+        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        sums.entry(le.to_bits()).or_insert((le, 0.0)).1 += count;
+    }
+    let mut buckets: Buckets = sums.into_values().collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(buckets)
+}
+
+/// From two scrapes of the same cumulative buckets (`before` may be empty): the upper
+/// bound of the bucket holding quantile `q` of the observations made in between, and
+/// their count. `None` without observations.
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<(f64, f64)> {
+    let at = |le: f64| {
+        before
+            .iter()
+            .find(|(l, _)| *l == le)
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let total = after.last().map(|(le, c)| c - at(*le))?;
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(le, c)| c - at(*le) >= q * total)
+        .map(|(le, _)| (*le, total))
 }
 
 /// `dataflows/trades.toml` reading `input` and writing `<outputs>-windows`, `<outputs>-dlq`
@@ -501,6 +553,13 @@ pub struct Windows {
 
 impl Windows {
     /// The first close (end + grace) at or after `t`: closes are at k × size + grace.
+    /// The least close at or after `from` that can be measured when the feed started at
+    /// `fed_from`: a window that ended before the feed had run for a second holds no
+    /// records, or not those of every key, and has no results to wait for.
+    fn measurable(&self, from: i64, fed_from: i64) -> i64 {
+        from.max(fed_from + 1_000 + self.grace_ms)
+    }
+
     fn first_close(&self, t: i64) -> i64 {
         (t - self.grace_ms - 1).div_euclid(self.size_ms) * self.size_ms
             + self.size_ms
@@ -534,8 +593,8 @@ pub struct LatencyRun<'a> {
 pub struct Latencies {
     /// Per invalid record sent in the measured span: its dead letter read − its send.
     pub dead_letters: Vec<i64>,
-    /// Per (window, key) whose close (end + grace) fell in the measured span: its result
-    /// read − that close.
+    /// Per (window, key) whose close (end + grace) fell in the measured span, of a window
+    /// that ended at least 1 s after the feed started: its result read − that close.
     pub windows: Vec<i64>,
     /// The rate the feed achieved over the run.
     pub fed_rate: f64,
@@ -544,6 +603,29 @@ pub struct Latencies {
     pub caught_up_s: Option<f64>,
     /// Records the run's reading was behind the feed at the end of the measured span.
     pub behind_at_end: Option<f64>,
+    /// The run's own view over the measured span and its drain, from its `/metrics`: the
+    /// bucket bound (s) holding the p99 of `waterline_end_to_end_latency_seconds`
+    /// `{since="append"}` (append → commit, mostly dead letters), and of
+    /// `waterline_commit_duration_seconds`, with the number of commits.
+    pub in_process_p99: Option<f64>,
+    pub commit_p99: Option<f64>,
+    pub commits: f64,
+}
+
+/// A histogram's cumulative buckets, `(le, count)`.
+pub type Buckets = Vec<(f64, f64)>;
+
+/// The histograms a latency run reads from the run's `/metrics` at both ends of its span.
+fn scrape_run_histograms(metrics: &str) -> (Buckets, Buckets) {
+    (
+        scrape_buckets(
+            metrics,
+            "waterline_end_to_end_latency_seconds",
+            "since=\"append\"",
+        )
+        .unwrap_or_default(),
+        scrape_buckets(metrics, "waterline_commit_duration_seconds", "worker=").unwrap_or_default(),
+    )
 }
 
 /// From the first dead letter read to the start of the measured span.
@@ -553,7 +635,8 @@ const WARM_UP_MS: i64 = 1_000;
 /// on its outputs, how long after it was possible each output became visible: for every
 /// invalid record sent in the measured span, its dead letter (read − Kafka timestamp, which
 /// the feeder sets to the moment it sends it); with `windows`, for every window whose close
-/// (end + grace) falls in the span, each key's result (read − close). The span starts
+/// (end + grace) falls in the span and that ended at least 1 s after the feed started (an
+/// earlier one holds no records), each key's result (read − close). The span starts
 /// once the run has caught up with what the feed sent while it started (its
 /// `waterline_records_read_total` at most 0.25 s of feed behind the records sent) and at
 /// least 1 s after the first dead letter is read; it is `seconds` long, extended to hold
@@ -573,6 +656,7 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         .env("WATERLINE__HTTP__LISTEN", &metrics)
         .env("WATERLINE_APP_ID", format!("{topic}-app"));
     let spawned = Instant::now();
+    let fed_from = now_ms();
     let child = Running(command.spawn().expect("waterline starts"));
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -667,9 +751,10 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         );
     }
     let from = warm.max(now_ms());
+    let histograms_before = scrape_run_histograms(&metrics);
     let mut until = from + run.seconds as i64 * 1_000;
     if let Some(w) = run.windows {
-        until = until.max(w.first_close(from) + 1);
+        until = until.max(w.first_close(w.measurable(from, fed_from)) + 1);
     }
     while now_ms() < until {
         read(&mut letters, &mut results);
@@ -684,14 +769,17 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         .count();
     let closes: Vec<i64> = match run.windows {
         None => Vec::new(),
-        Some(w) => (w.first_close(from)..until)
+        Some(w) => (w.first_close(w.measurable(from, fed_from))..until)
             .step_by(w.size_ms as usize)
             .collect(),
     };
     let keys = run.feed.keys as usize;
     let letters_in = |letters: &[(i64, i64)]| letters.iter().filter(|(s, _)| measured(s)).count();
     let results_in = |results: &BTreeMap<(i64, String), Vec<i64>>| {
-        results.iter().filter(|((c, _), _)| measured(c)).count()
+        results
+            .iter()
+            .filter(|((c, _), _)| closes.contains(c))
+            .count()
     };
     // The feed goes on meanwhile: an output is held until every partition's watermark has
     // passed it, which needs newer input on all of them.
@@ -701,6 +789,7 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
     {
         read(&mut letters, &mut results);
     }
+    let histograms_after = scrape_run_histograms(&metrics);
     stop.store(true, Ordering::Relaxed);
     let fed_rate = feeder.join().expect("the feeder does not panic");
 
@@ -754,16 +843,118 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
             .collect(),
         windows: results
             .into_iter()
-            .filter(|((close, _), _)| measured(close))
+            .filter(|((close, _), _)| closes.contains(close))
             .flat_map(|((close, _), reads)| reads.into_iter().map(move |r| r - close))
             .collect(),
         fed_rate,
         caught_up_s,
         behind_at_end,
+        in_process_p99: bucket_quantile(&histograms_before.0, &histograms_after.0, 0.99)
+            .map(|(le, _)| le),
+        commit_p99: bucket_quantile(&histograms_before.1, &histograms_after.1, 0.99)
+            .map(|(le, _)| le),
+        commits: bucket_quantile(&histograms_before.1, &histograms_after.1, 0.5)
+            .map_or(0.0, |(_, n)| n),
     };
     latencies.dead_letters.sort_unstable();
     latencies.windows.sort_unstable();
     latencies
+}
+
+/// What a saturation run measured: rates in records per second over its measured span.
+#[derive(Clone, Copy, Debug)]
+pub struct Saturation {
+    /// The rate the feeder was asked for.
+    pub offered: f64,
+    /// The rate it achieved.
+    pub fed: f64,
+    /// The rate the run read at.
+    pub read: f64,
+}
+
+impl Saturation {
+    /// Whether the run fell behind the feed (read under 98% of what was fed): then `read`
+    /// is the most it sustains live here. Otherwise the feeder, sharing the machine with
+    /// the run and the broker, was the limit.
+    pub fn run_bound(&self) -> bool {
+        self.read < 0.98 * self.fed
+    }
+
+    /// The rate feeder, broker and run sustained together: the lesser of what was fed and
+    /// what was read (a run catching up with the backlog of its start-up reads faster
+    /// than the feed).
+    pub fn sustained(&self) -> f64 {
+        self.fed.min(self.read)
+    }
+}
+
+/// Runs the dataflow on a fresh live topic fed at `run.feed.rate`, meant to be more than
+/// it can take, and measures the rates of the feed and of the run's reading
+/// (`waterline_records_read_total`) over `run.seconds`, from 3 s after its first record
+/// was read: the most the run sustains live on this machine, with the feeder and the
+/// broker's produce path taking their share of it. `run.windows` and `run.drain` are not
+/// used; nothing is checked of the outputs (the bounded runs do that).
+pub fn saturation_run(run: &LatencyRun) -> Saturation {
+    let (bootstrap, topic) = (run.bootstrap, run.topic);
+    let dataflow = trades_dataflow(run.dir, topic, topic, run.changes);
+    create_topic(bootstrap, topic, run.feed.partitions);
+    let log = run.dir.join(format!("{topic}-run.log"));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut command = waterline(bootstrap, &log);
+    command
+        .args(run.args)
+        .args(["--dataflow", utf8(&dataflow)])
+        .env("WATERLINE__HTTP__LISTEN", &metrics)
+        .env("WATERLINE_APP_ID", format!("{topic}-app"));
+    let child = Running(command.spawn().expect("waterline starts"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (bootstrap, topic, feed) = (bootstrap.to_string(), topic.to_string(), run.feed.clone());
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            feed_live(
+                &bootstrap,
+                &topic,
+                &feed,
+                &stop,
+                &sent,
+                &Mutex::new(Vec::new()),
+            )
+        })
+    };
+    let read = || scrape_sum(&metrics, "waterline_records_read_total");
+    let started = Instant::now();
+    while read().is_none_or(|r| r == 0.0) {
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "the run read nothing within {START_TIMEOUT:?}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sample = || {
+        let r = read().expect("the run's metrics answer");
+        (Instant::now(), sent.load(Ordering::Relaxed) as f64, r)
+    };
+    let (t0, sent0, read0) = sample();
+    std::thread::sleep(Duration::from_secs(run.seconds));
+    let (t1, sent1, read1) = sample();
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().expect("the feeder does not panic");
+    let status = child.stop();
+    assert!(
+        status.success(),
+        "run failed ({status}); see {}",
+        log.display()
+    );
+    let secs = (t1 - t0).as_secs_f64();
+    Saturation {
+        offered: run.feed.rate,
+        fed: (sent1 - sent0) / secs,
+        read: (read1 - read0) / secs,
+    }
 }
 
 /// Sends trades to `topic` at `feed.rate`, round-robin over its partitions, each with Kafka
@@ -820,10 +1011,7 @@ fn feed_live(
                 .partition((i % feed.partitions as u64) as i32)
                 .timestamp(sent)
                 .payload(&g.payload);
-            producer
-                .send(r)
-                .map_err(|(e, _)| e)
-                .expect("the local queue has room at this rate");
+            send_waiting(&producer, r);
             i += 1;
         }
         sent_count.store(i, Ordering::Relaxed);
@@ -834,4 +1022,22 @@ fn feed_live(
         .flush(Duration::from_secs(30))
         .expect("the broker takes the feed");
     rate
+}
+
+/// Sends `record`, waiting while the producer's local queue is full: a feed offered more
+/// than the broker takes slows to what it takes.
+fn send_waiting<'a>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'a, [u8], [u8]>,
+) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("the feeder cannot send: {e}"),
+        }
+    }
 }
