@@ -631,20 +631,28 @@ fn scrape_run_histograms(metrics: &str) -> (Buckets, Buckets) {
 /// From the first dead letter read to the start of the measured span.
 const WARM_UP_MS: i64 = 1_000;
 
-/// Runs the dataflow on a fresh live topic and measures, with a `read_committed` consumer
-/// on its outputs, how long after it was possible each output became visible: for every
-/// invalid record sent in the measured span, its dead letter (read − Kafka timestamp, which
-/// the feeder sets to the moment it sends it); with `windows`, for every window whose close
-/// (end + grace) falls in the span and that ended at least 1 s after the feed started (an
-/// earlier one holds no records), each key's result (read − close). The span starts
-/// once the run has caught up with what the feed sent while it started (its
-/// `waterline_records_read_total` at most 0.25 s of feed behind the records sent) and at
-/// least 1 s after the first dead letter is read; it is `seconds` long, extended to hold
-/// at least one window close. Fails the bench unless
-/// every dead letter and every key's window result expected was read exactly once.
-pub fn latency_run(run: &LatencyRun) -> Latencies {
+/// A live run started: `waterline run` on a fresh topic and the feeder sending to it.
+struct Live {
+    child: Running,
+    log: PathBuf,
+    /// The run's HTTP address.
+    metrics: String,
+    /// Epoch ms just before the run was spawned and the feed began.
+    fed_from: i64,
+    spawned: Instant,
+    stop: Arc<AtomicBool>,
+    /// Records sent so far.
+    sent: Arc<AtomicU64>,
+    /// The send timestamps of the invalid records sent.
+    invalid_sent: Arc<Mutex<Vec<i64>>>,
+    /// The feeder; returns the rate it achieved.
+    feeder: std::thread::JoinHandle<f64>,
+}
+
+/// Creates `run.topic`, spawns the run on it (its HTTP server on a free port) and starts
+/// feeding it at `run.feed`.
+fn start_live(run: &LatencyRun) -> Live {
     let (bootstrap, topic) = (run.bootstrap, run.topic);
-    let (dlq, windows_topic) = (format!("{topic}-dlq"), format!("{topic}-windows"));
     let dataflow = trades_dataflow(run.dir, topic, topic, run.changes);
     create_topic(bootstrap, topic, run.feed.partitions);
     let log = run.dir.join(format!("{topic}-run.log"));
@@ -672,6 +680,44 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
             feed_live(&bootstrap, &topic, &feed, &stop, &sent, &invalid_sent)
         })
     };
+    Live {
+        child,
+        log,
+        metrics,
+        fed_from,
+        spawned,
+        stop,
+        sent,
+        invalid_sent,
+        feeder,
+    }
+}
+
+/// Runs the dataflow on a fresh live topic and measures, with a `read_committed` consumer
+/// on its outputs, how long after it was possible each output became visible: for every
+/// invalid record sent in the measured span, its dead letter (read − Kafka timestamp, which
+/// the feeder sets to the moment it sends it); with `windows`, for every window whose close
+/// (end + grace) falls in the span and that ended at least 1 s after the feed started (an
+/// earlier one holds no records), each key's result (read − close). The span starts
+/// once the run has caught up with what the feed sent while it started (its
+/// `waterline_records_read_total` at most 0.25 s of feed behind the records sent) and at
+/// least 1 s after the first dead letter is read; it is `seconds` long, extended to hold
+/// at least one window close. Fails the bench unless
+/// every dead letter and every key's window result expected was read exactly once.
+pub fn latency_run(run: &LatencyRun) -> Latencies {
+    let (bootstrap, topic) = (run.bootstrap, run.topic);
+    let (dlq, windows_topic) = (format!("{topic}-dlq"), format!("{topic}-windows"));
+    let Live {
+        child,
+        log,
+        metrics,
+        fed_from,
+        spawned,
+        stop,
+        sent,
+        invalid_sent,
+        feeder,
+    } = start_live(run);
     // How far the run's reading is behind the feed, in records (scraped from /metrics).
     let behind = || {
         let sent = sent.load(Ordering::Relaxed) as f64;
@@ -895,34 +941,15 @@ impl Saturation {
 /// broker's produce path taking their share of it. `run.windows` and `run.drain` are not
 /// used; nothing is checked of the outputs (the bounded runs do that).
 pub fn saturation_run(run: &LatencyRun) -> Saturation {
-    let (bootstrap, topic) = (run.bootstrap, run.topic);
-    let dataflow = trades_dataflow(run.dir, topic, topic, run.changes);
-    create_topic(bootstrap, topic, run.feed.partitions);
-    let log = run.dir.join(format!("{topic}-run.log"));
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut command = waterline(bootstrap, &log);
-    command
-        .args(run.args)
-        .args(["--dataflow", utf8(&dataflow)])
-        .env("WATERLINE__HTTP__LISTEN", &metrics)
-        .env("WATERLINE_APP_ID", format!("{topic}-app"));
-    let child = Running(command.spawn().expect("waterline starts"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let feeder = {
-        let (bootstrap, topic, feed) = (bootstrap.to_string(), topic.to_string(), run.feed.clone());
-        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-        std::thread::spawn(move || {
-            feed_live(
-                &bootstrap,
-                &topic,
-                &feed,
-                &stop,
-                &sent,
-                &Mutex::new(Vec::new()),
-            )
-        })
-    };
+    let Live {
+        child,
+        log,
+        metrics,
+        stop,
+        sent,
+        feeder,
+        ..
+    } = start_live(run);
     let read = || scrape_sum(&metrics, "waterline_records_read_total");
     let started = Instant::now();
     while read().is_none_or(|r| r == 0.0) {
