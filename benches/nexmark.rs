@@ -182,6 +182,7 @@ fn bare_consumer(bootstrap: &str, topic: &str) -> Row {
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.min.messages", "1000000")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("a consumer");
     let timeout = Duration::from_secs(30);

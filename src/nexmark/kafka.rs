@@ -443,6 +443,10 @@ impl TopicReader {
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
             .set("queued.min.messages", "1000000")
+            // As the trades source (`src/source/kafka.rs`): refetch for a partition 10 ms
+            // after its queue was full, not librdkafka's default 1 s, during which a worker
+            // that has drained its queue sits idle.
+            .set("fetch.queue.backoff.ms", "10")
             .create()
             .map_err(kafka_err("cannot create a Kafka consumer"))?;
         let timeout = Duration::from_secs(30);
