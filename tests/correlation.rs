@@ -536,9 +536,12 @@ fn updates_carry_the_ids_so_far_and_finals_the_recomputed_ones() {
     );
 }
 
-/// Crashes after a few commits and resumes from the committed progress, twice, then
-/// completes: everything committed, headers included, is what one uninterrupted run
-/// commits, each record once.
+/// Crashes after a few commits and resumes from the committed progress, at least twice,
+/// then completes: everything committed, headers included, is what one uninterrupted run
+/// commits, each record once. A run commits only when the window operators let the
+/// frontier move, a dozen times or so here, and fewer when a busy machine runs several
+/// moves into one commit: the crash points are small and there are three of them, so
+/// that two crashes happen however the run is scheduled.
 #[test]
 fn ids_survive_crashes_and_replays_exactly_once() {
     let spec = spec(TRACED, "");
@@ -551,9 +554,14 @@ fn ids_survive_crashes_and_replays_exactly_once() {
         .map(|(p, rs)| (p as i32, rs.iter().map(|r| r.payload.clone()).collect()))
         .collect();
     let whole = comparable(&run(&spec, &input, workers, 3));
-    let (committed_all, crashes) =
-        common::run_with_crashes(&spec, &topics, &parts, workers, &[Some(3), Some(6), None]);
-    assert_eq!(crashes, 2, "both runs crashed mid-way");
+    let (committed_all, crashes) = common::run_with_crashes(
+        &spec,
+        &topics,
+        &parts,
+        workers,
+        &[Some(2), Some(2), Some(2), None],
+    );
+    assert!(crashes >= 2, "the runs crashed mid-way ({crashes} crashes)");
     let got = comparable(&committed_all);
     assert!(got.iter().any(|r| !r.headers.is_empty()));
     assert_eq!(got.len(), whole.len(), "every output once");
