@@ -60,6 +60,10 @@
 //! latency table below it has every set. The run fails (non-zero) if a run dies, reads
 //! fewer records than were produced, or a latency sample set is empty.
 //!
+//! `WATERLINE_BENCH_SET` (settings separated by spaces) is passed to every `waterline run`
+//! of the bench as `--set` flags, to measure other settings against the same baseline:
+//! e.g. `WATERLINE_BENCH_SET="kafka.properties.fetch.wait.max.ms=10"`.
+//!
 //! ```text
 //! scripts/bench.sh                                                # about 7 minutes
 //! WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
@@ -101,6 +105,8 @@ const WINDOW: Windows = Windows {
 const SHIPPED_OOO_MS: f64 = 5_000.0;
 /// The measured span of the live-maximum run.
 const SATURATION_SECS: u64 = 10;
+/// The columns of the stage table: the feeder's, then the run's.
+const STAGE_NAMES: [&str; 5] = ["ack", "fetch", "frontier", "commit_wait", "commit"];
 
 /// One row of the throughput table.
 struct Row {
@@ -201,7 +207,9 @@ fn main() {
             "warn",
         ]
         .map(String::from)
-        .to_vec()
+        .into_iter()
+        .chain(extra_settings())
+        .collect()
     };
     let probe = format!("{topic}-live-max");
     made.extend(live_topics(&probe));
@@ -263,6 +271,15 @@ fn main() {
     );
     delete_topics(&bootstrap, &made);
     std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
+}
+
+/// `--set` flags for every run, from `WATERLINE_BENCH_SET`.
+fn extra_settings() -> Vec<String> {
+    std::env::var("WATERLINE_BENCH_SET")
+        .unwrap_or_default()
+        .split_whitespace()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect()
 }
 
 /// A live run's input topic and the topics it makes.
@@ -465,6 +482,7 @@ fn waterline_row(
         .args(["-w", &WORKERS.to_string(), "--guarantee", guarantee])
         .args(["--commit-interval", COMMIT_INTERVAL, "--log-level", "warn"])
         .args(["--http-listen", &address])
+        .args(extra_settings())
         .env("WATERLINE_APP_ID", &app);
     let mut first_read_ms = None;
     let run = measure(command, &log, || {
@@ -620,6 +638,31 @@ fn print_report(
          commit p99 ≤: of `waterline_commit_duration_seconds`; both over the measured span and \
          its drain.\n"
     );
+    println!(
+        "| where the time goes, p50 / p99 | out-of-orderness | {} |",
+        STAGE_NAMES.join(" | ")
+    );
+    println!("| --- | --- |{}", " ---: |".repeat(STAGE_NAMES.len()));
+    for (guarantee, ooo, _, l) in latency {
+        let cells: Vec<String> = l
+            .stages
+            .iter()
+            .map(|(_, p50, p99)| {
+                let s = |v: &Option<f64>| {
+                    v.map_or_else(|| "?".to_string(), |v| format!("{:.0}", v * 1000.0))
+                };
+                format!("{} / {} ms", s(p50), s(p99))
+            })
+            .collect();
+        println!("| {guarantee} | {ooo} | {} |", cells.join(" | "));
+    }
+    println!(
+        "\nack: the feeder's send → the broker's acknowledgement (every 16th record, exact); the \
+         others are the bucket bounds (≤) of the run's `waterline_stage_latency_seconds`: \
+         fetch = Kafka timestamp (the feeder's send) → polled, frontier = at the sink → final, \
+         commit_wait = final → its commit starts, commit = the commit; over the measured span \
+         and its drain. A reader's fetch of the committed output comes on top.\n"
+    );
 
     let (alo, eo) = (&rows[2], &rows[3]);
     let check = |pass: bool, text: String| {
@@ -681,8 +724,12 @@ fn print_report(
     }
     println!(
         "\nReproduce: WATERLINE_BENCH_MILLIONS={} WATERLINE_BENCH_LATENCY_SECS={latency_secs} \
-         WATERLINE_BENCH_LATENCY_SHARE={latency_share} scripts/bench.sh",
-        records as f64 / 1e6
+         WATERLINE_BENCH_LATENCY_SHARE={latency_share}{} scripts/bench.sh",
+        records as f64 / 1e6,
+        std::env::var("WATERLINE_BENCH_SET").map_or_else(
+            |_| String::new(),
+            |s| format!(" WATERLINE_BENCH_SET=\"{s}\"")
+        )
     );
 }
 

@@ -44,6 +44,7 @@
 //! | `waterline_build_info` | version | always 1 |
 //! | `waterline_end_to_end_latency_seconds` | since | histogram, see below |
 //! | `waterline_commit_duration_seconds` | worker | histogram of one commit |
+//! | `waterline_stage_latency_seconds` | stage | histogram, see below |
 //!
 //! End-to-end latency is observed when a commit succeeds: `since="event_time"` is the commit's
 //! wall clock minus each written record's event time (a window result's is its close, end +
@@ -52,6 +53,16 @@
 //! greatest Kafka timestamp of the input records an output stems from (a dead letter's or a
 //! late record's own record; a window result's latest record), as Kafka Streams measures its
 //! record end-to-end latency; for a window result it includes the wait for its close.
+//!
+//! `waterline_stage_latency_seconds` splits that time into where it is spent, so that a
+//! latency tail can be traced to its stage:
+//!
+//! | stage | per | from → to |
+//! | --- | --- | --- |
+//! | `fetch` | input record | its Kafka timestamp (its producer's create time, or the broker's append time on a `LogAppendTime` topic) → the source polls it |
+//! | `frontier` | output | it reaches the sink → the frontier passes its time (it is final) |
+//! | `commit_wait` | output | final → its commit starts (the commit interval, or a commit still running) |
+//! | `commit` | output | its commit starts → it succeeds |
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,10 +73,41 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// A stage of `waterline_stage_latency_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// An input record's Kafka timestamp → the source polls it.
+    Fetch,
+    /// An output reaches the sink → the frontier passes its time.
+    Frontier,
+    /// An output is final → its commit starts.
+    CommitWait,
+    /// An output's commit starts → it succeeds.
+    Commit,
+}
+
+impl Stage {
+    /// The `stage` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Frontier => "frontier",
+            Stage::CommitWait => "commit_wait",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
 /// Latency buckets, seconds: 5 ms to 20 min.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1200.0,
+];
+/// Stage latency buckets, seconds: 1 ms to 60 s, fine where the commit interval and the
+/// commit take their share.
+const STAGE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
+    1.5, 2.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// Commit duration buckets, seconds: 1 ms to 60 s.
 const COMMIT_BUCKETS: &[f64] = &[
@@ -118,6 +160,7 @@ pub struct Metrics {
     ready: IntGauge,
     latency: HistogramVec,
     commit_duration: HistogramVec,
+    stage_latency: HistogramVec,
     live: Arc<Mutex<Live>>,
     catalogue: Arc<Vec<String>>,
 }
@@ -486,6 +529,13 @@ impl Metrics {
                 COMMIT_BUCKETS,
                 &["worker"],
             ),
+            stage_latency: histograms(
+                "waterline_stage_latency_seconds",
+                "Seconds spent in one stage (fetch, frontier, commit_wait, commit) between an \
+                 input record's Kafka timestamp and the commit of its outputs.",
+                STAGE_BUCKETS,
+                &["stage"],
+            ),
             live: Arc::new(Mutex::new(Live::default())),
             catalogue: Arc::new(names.into_inner()),
             registry,
@@ -716,6 +766,11 @@ impl Metrics {
         if let Some(w) = lock(&self.live).workers.get_mut(&worker) {
             w.due_since = None;
         }
+    }
+
+    /// The histogram of one stage of `waterline_stage_latency_seconds`.
+    pub fn stage(&self, stage: Stage) -> prometheus::Histogram {
+        self.stage_latency.with_label_values(&[stage.as_str()])
     }
 
     /// Worker `worker`'s commit failed.

@@ -54,6 +54,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
     let state = Rc::new(RefCell::new(SinkState::default()));
     let sink_state = Rc::clone(&state);
     let worker_index = worker.index();
+    let prompt = sink::Prompt::new(&spec);
     worker.dataflow::<u64, _, _>(move |scope| {
         let (items, positions) = source::kafka_like_source(
             scope,
@@ -64,6 +65,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             replay,
             control,
             metrics.clone(),
+            Rc::clone(&prompt.caught_up),
         );
         let (events, side) = items.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
         let mut outputs = vec![side];
@@ -111,7 +113,15 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             ));
         }
         let all = scope.concatenate(outputs);
-        sink::sink(all, positions, writer, sink_state, sink_config, metrics);
+        sink::sink(
+            all,
+            positions,
+            writer,
+            sink_state,
+            sink_config,
+            prompt,
+            metrics,
+        );
     });
     state
 }

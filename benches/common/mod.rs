@@ -14,11 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use waterline::cli::GenerateArgs;
 use waterline::generate::{Kind, TradeGenerator};
@@ -610,22 +613,68 @@ pub struct Latencies {
     pub in_process_p99: Option<f64>,
     pub commit_p99: Option<f64>,
     pub commits: f64,
+    /// Where the time goes, per stage, over the same span: (stage, p50, p99), in s. The
+    /// feeder's `ack` (its send → the broker's acknowledgement, of every 16th record sent
+    /// in the span) is measured here; the others are the bucket bounds holding the run's
+    /// `waterline_stage_latency_seconds` quantiles.
+    pub stages: Vec<(&'static str, Option<f64>, Option<f64>)>,
 }
+
+/// The stages of `waterline_stage_latency_seconds`, in the order they happen.
+const STAGES: [&str; 4] = ["fetch", "frontier", "commit_wait", "commit"];
 
 /// A histogram's cumulative buckets, `(le, count)`.
 pub type Buckets = Vec<(f64, f64)>;
 
-/// The histograms a latency run reads from the run's `/metrics` at both ends of its span.
-fn scrape_run_histograms(metrics: &str) -> (Buckets, Buckets) {
-    (
-        scrape_buckets(
-            metrics,
+/// The histograms a latency run reads from the run's `/metrics` at both ends of its span:
+/// append → commit, the commit durations, then each of [`STAGES`].
+fn scrape_run_histograms(metrics: &str) -> Vec<Buckets> {
+    let mut series = vec![
+        (
             "waterline_end_to_end_latency_seconds",
-            "since=\"append\"",
+            "since=\"append\"".to_string(),
+        ),
+        ("waterline_commit_duration_seconds", "worker=".to_string()),
+    ];
+    series.extend(STAGES.map(|stage| {
+        (
+            "waterline_stage_latency_seconds",
+            format!("stage=\"{stage}\""),
         )
-        .unwrap_or_default(),
-        scrape_buckets(metrics, "waterline_commit_duration_seconds", "worker=").unwrap_or_default(),
-    )
+    }));
+    series
+        .iter()
+        .map(|(name, label)| scrape_buckets(metrics, name, label).unwrap_or_default())
+        .collect()
+}
+
+/// The feeder's producer context: (send timestamp, acknowledged − sent) of every 16th
+/// record the broker acknowledged.
+#[derive(Clone, Default)]
+struct Acks {
+    delivered: Arc<AtomicU64>,
+    samples: Arc<Mutex<Vec<(i64, i64)>>>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if self.delivered.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+            return;
+        }
+        if let Ok(m) = result
+            && let Some(sent) = m.timestamp().to_millis()
+        {
+            let acked = now_ms();
+            self.samples
+                .lock()
+                .expect("the bench does not panic")
+                .push((sent, acked - sent));
+        }
+    }
 }
 
 /// From the first dead letter read to the start of the measured span.
@@ -647,6 +696,8 @@ struct Live {
     invalid_sent: Arc<Mutex<Vec<i64>>>,
     /// The feeder; returns the rate it achieved.
     feeder: std::thread::JoinHandle<f64>,
+    /// The feeder's acknowledgement times.
+    acks: Acks,
 }
 
 /// Creates `run.topic`, spawns the run on it (its HTTP server on a free port) and starts
@@ -669,15 +720,17 @@ fn start_live(run: &LatencyRun) -> Live {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let invalid_sent = Arc::new(Mutex::new(Vec::new()));
+    let acks = Acks::default();
     let feeder = {
         let (bootstrap, topic, feed) = (bootstrap.to_string(), topic.to_string(), run.feed.clone());
-        let (stop, sent, invalid_sent) = (
+        let (stop, sent, invalid_sent, acks) = (
             Arc::clone(&stop),
             Arc::clone(&sent),
             Arc::clone(&invalid_sent),
+            acks.clone(),
         );
         std::thread::spawn(move || {
-            feed_live(&bootstrap, &topic, &feed, &stop, &sent, &invalid_sent)
+            feed_live(&bootstrap, &topic, &feed, &stop, &sent, &invalid_sent, acks)
         })
     };
     Live {
@@ -690,6 +743,7 @@ fn start_live(run: &LatencyRun) -> Live {
         sent,
         invalid_sent,
         feeder,
+        acks,
     }
 }
 
@@ -717,6 +771,7 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         sent,
         invalid_sent,
         feeder,
+        acks,
     } = start_live(run);
     // How far the run's reading is behind the feed, in records (scraped from /metrics).
     let behind = || {
@@ -895,12 +950,34 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         fed_rate,
         caught_up_s,
         behind_at_end,
-        in_process_p99: bucket_quantile(&histograms_before.0, &histograms_after.0, 0.99)
+        in_process_p99: bucket_quantile(&histograms_before[0], &histograms_after[0], 0.99)
             .map(|(le, _)| le),
-        commit_p99: bucket_quantile(&histograms_before.1, &histograms_after.1, 0.99)
+        commit_p99: bucket_quantile(&histograms_before[1], &histograms_after[1], 0.99)
             .map(|(le, _)| le),
-        commits: bucket_quantile(&histograms_before.1, &histograms_after.1, 0.5)
+        commits: bucket_quantile(&histograms_before[1], &histograms_after[1], 0.5)
             .map_or(0.0, |(_, n)| n),
+        stages: {
+            let mut acked: Vec<i64> = acks
+                .samples
+                .lock()
+                .expect("the feeder does not panic")
+                .iter()
+                .filter(|(sent, _)| measured(sent))
+                .map(|(_, took)| *took)
+                .collect();
+            acked.sort_unstable();
+            let sample = |q: f64| {
+                (!acked.is_empty())
+                    .then(|| acked[((acked.len() - 1) as f64 * q) as usize] as f64 / 1000.0)
+            };
+            let mut stages = vec![("ack", sample(0.5), sample(0.99))];
+            for (i, stage) in STAGES.iter().enumerate() {
+                let (before, after) = (&histograms_before[2 + i], &histograms_after[2 + i]);
+                let bound = |q| bucket_quantile(before, after, q).map(|(le, _)| le);
+                stages.push((stage, bound(0.5), bound(0.99)));
+            }
+            stages
+        },
     };
     latencies.dead_letters.sort_unstable();
     latencies.windows.sort_unstable();
@@ -998,8 +1075,9 @@ fn feed_live(
     stop: &AtomicBool,
     sent_count: &AtomicU64,
     invalid_sent: &Mutex<Vec<i64>>,
+    acks: Acks,
 ) -> f64 {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         // Batch as a real producer would: at 0, every record was a request of its own, and
         // at a few hundred thousand records/s the feeder and the broker took the two cores
@@ -1007,7 +1085,7 @@ fn feed_live(
         .set("linger.ms", "5")
         // Room for a second of the feed while the broker is slow.
         .set("queue.buffering.max.messages", "1000000")
-        .create()
+        .create_with_context(acks)
         .expect("a producer with valid settings");
     let mut generator = TradeGenerator::new(
         GenerateArgs {
@@ -1053,8 +1131,8 @@ fn feed_live(
 
 /// Sends `record`, waiting while the producer's local queue is full: a feed offered more
 /// than the broker takes slows to what it takes.
-fn send_waiting<'a>(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+fn send_waiting<'a, C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'a, [u8], [u8]>,
 ) {
     loop {

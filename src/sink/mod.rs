@@ -20,7 +20,7 @@
 pub mod kafka;
 pub mod memory;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -34,9 +34,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::progress::Antichain;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::output::OutRecord;
 use crate::progress::{Note, Position, Progress, WatermarkMove};
+use crate::spec::{PipelineSpec, WindowKind};
 
 /// Where output records go.
 pub trait Writer {
@@ -183,6 +184,63 @@ struct InFlight {
     started: Instant,
 }
 
+/// Prompt commits of final window results. A tumbling or hopping window's results are
+/// final when the frontier passes their close, end + grace; with a 200 ms commit interval
+/// they would then wait up to 200 ms more for the next commit. While the run is live (its
+/// worker's source read to the end of a partition within [`LIVE_FOR`]), a commit starts
+/// as soon as such results are final, once 1/[`PROMPT_GAP`] of the commit interval has
+/// passed since the last commit ended. A backfill, which closes windows all the time,
+/// keeps the interval: there prompt commits would run back to back and cost throughput.
+/// Session windows close at data-dependent times and keep the interval too.
+pub struct Prompt {
+    /// Per tumbling or hopping window, `(slide, size % slide, grace)`: its results are
+    /// final at the times `t` with `(t − grace) % slide == size % slide`.
+    closes: Vec<(u64, u64, u64)>,
+    /// When this worker's source last read to the end of one of its partitions.
+    pub caught_up: Rc<Cell<Option<Instant>>>,
+}
+
+/// How recently the source must have caught up for the run to count as live.
+const LIVE_FOR: Duration = Duration::from_secs(1);
+/// The least gap after a commit before a prompt one: the commit interval divided by this.
+const PROMPT_GAP: u32 = 4;
+
+impl Prompt {
+    /// The windows of `spec` whose closes are known in advance.
+    pub fn new(spec: &PipelineSpec) -> Prompt {
+        let closes = spec
+            .windows
+            .iter()
+            .filter_map(|w| match w.kind {
+                WindowKind::Tumbling { size_ms } => Some((size_ms, 0, w.grace_ms)),
+                WindowKind::Hopping { size_ms, slide_ms } => {
+                    Some((slide_ms, size_ms % slide_ms.max(1), w.grace_ms))
+                }
+                WindowKind::Session { .. } => None,
+            })
+            .filter(|(slide, _, _)| *slide > 0)
+            .collect();
+        Prompt {
+            closes,
+            caught_up: Rc::new(Cell::new(None)),
+        }
+    }
+
+    /// Whether `t` is the close of a tumbling or hopping window.
+    fn is_close(&self, t: u64) -> bool {
+        self.closes
+            .iter()
+            .any(|&(slide, rem, grace)| t >= grace && (t - grace) % slide == rem)
+    }
+
+    /// Whether the source caught up within [`LIVE_FOR`] of `now`.
+    fn live(&self, now: Instant) -> bool {
+        self.caught_up
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) < LIVE_FOR)
+    }
+}
+
 /// Routes a record to the worker owning its topic partition.
 pub fn route(record: &OutRecord) -> u64 {
     (u64::from(record.topic) << 32) | u64::from(record.partition as u32)
@@ -195,6 +253,7 @@ pub fn sink<'s, W: Writer + 'static>(
     writer: Rc<RefCell<W>>,
     state: Rc<RefCell<SinkState>>,
     config: SinkConfig,
+    prompt: Prompt,
     metrics: Metrics,
 ) {
     let scope = outputs.scope();
@@ -223,7 +282,20 @@ pub fn sink<'s, W: Writer + 'static>(
         let mut committed = recovered;
         let mut last_commit = Instant::now();
         let mut in_flight: Option<InFlight> = None;
+        // Per output time: when its first output reached the sink, and when the frontier
+        // passed it; for `waterline_stage_latency_seconds`.
+        let mut arrived: BTreeMap<u64, (Instant, Option<Instant>)> = BTreeMap::new();
+        let stages =
+            [Stage::Frontier, Stage::CommitWait, Stage::Commit].map(|s| metrics.stage(s).local());
+        let prompt_gap = config.commit_interval / PROMPT_GAP;
+        // Whether final results of a window wait in `pending` and the run is live.
+        let prompt_now = move |pending: &BTreeMap<u64, Vec<OutRecord>>, frontier: u64| {
+            !prompt.closes.is_empty()
+                && prompt.live(Instant::now())
+                && pending.range(..frontier).any(|(t, _)| prompt.is_close(*t))
+        };
         move |input_frontiers| {
+            let now = Instant::now();
             heard.for_each(|_cap, data| {
                 for (worker, frontier) in data.drain(..) {
                     if let Some(f) = frontiers.get_mut(worker) {
@@ -238,6 +310,7 @@ pub fn sink<'s, W: Writer + 'static>(
                 if time < recovered {
                     return; // committed by an earlier run
                 }
+                arrived.entry(time).or_insert((now, None));
                 let buffer = pending.entry(time).or_default();
                 for batch in batches {
                     buffer.append(batch);
@@ -262,6 +335,9 @@ pub fn sink<'s, W: Writer + 'static>(
                 .map(|f| f.frontier().iter().copied().min().unwrap_or(u64::MAX))
                 .min()
                 .unwrap_or(u64::MAX);
+            for (_, ready) in arrived.range_mut(..frontier).map(|(_, v)| v) {
+                ready.get_or_insert(now);
+            }
             loop {
                 if let Some(commit) = in_flight.as_ref() {
                     let outcome = writer.borrow_mut().finish_commit();
@@ -275,6 +351,13 @@ pub fn sink<'s, W: Writer + 'static>(
                                 &commit.appended,
                             );
                             tracing::debug!(frontier = commit.frontier, "committed");
+                            let took = commit.started.elapsed().as_secs_f64();
+                            for &(_, n) in &commit.written {
+                                for _ in 0..n {
+                                    stages[2].observe(took);
+                                }
+                            }
+                            stages[2].flush();
                             committed = commit.frontier;
                             last_commit = Instant::now();
                             state.borrow_mut().committed = committed;
@@ -293,7 +376,10 @@ pub fn sink<'s, W: Writer + 'static>(
                         }
                     }
                 }
-                let due = frontier == u64::MAX || last_commit.elapsed() >= config.commit_interval;
+                let since = last_commit.elapsed();
+                let due = frontier == u64::MAX
+                    || since >= config.commit_interval
+                    || (since >= prompt_gap && prompt_now(&pending, frontier));
                 if !(frontier > committed && due) {
                     break;
                 }
@@ -302,12 +388,23 @@ pub fn sink<'s, W: Writer + 'static>(
                 // their inputs, for the latency metric.
                 let mut written: Vec<(u64, u64)> = Vec::new();
                 let mut appended: Vec<u64> = Vec::new();
+                let starting = Instant::now();
                 while let Some(entry) = pending.first_entry() {
                     if *entry.key() >= frontier {
                         break;
                     }
                     let time = *entry.key();
                     let mut records = entry.remove();
+                    let (reached, ready) = arrived.remove(&time).unwrap_or((starting, None));
+                    let ready = ready.unwrap_or(starting);
+                    let (to_final, to_start) = (
+                        ready.saturating_duration_since(reached).as_secs_f64(),
+                        starting.saturating_duration_since(ready).as_secs_f64(),
+                    );
+                    for _ in 0..records.len() {
+                        stages[0].observe(to_final);
+                        stages[1].observe(to_start);
+                    }
                     records.sort_unstable();
                     for r in &records {
                         w.write(r);
@@ -337,6 +434,8 @@ pub fn sink<'s, W: Writer + 'static>(
                     passed: known.passed.clone(),
                     ..config.template.clone()
                 };
+                stages[0].flush();
+                stages[1].flush();
                 let started = Instant::now();
                 if let Err(e) = w.start_commit(&progress) {
                     metrics.commit_failed(me);
@@ -357,8 +456,12 @@ pub fn sink<'s, W: Writer + 'static>(
             } else if in_flight.is_some() {
                 activator.activate_after(COMMIT_POLL);
             } else if frontier > committed {
-                activator
-                    .activate_after(config.commit_interval.saturating_sub(last_commit.elapsed()));
+                let gap = if prompt_now(&pending, frontier) {
+                    prompt_gap
+                } else {
+                    config.commit_interval
+                };
+                activator.activate_after(gap.saturating_sub(last_commit.elapsed()));
             }
         }
     });

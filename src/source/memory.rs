@@ -47,8 +47,8 @@ impl MemoryReader {
         }
     }
 
-    /// Reads keyed partitions; a stalled partition reports [`Polled::CaughtUp`] while it
-    /// stalls, as a Kafka partition read to its current end does.
+    /// Reads keyed partitions (a stalled partition reports [`Polled::CaughtUp`] while it
+    /// stalls, as a Kafka partition read to its current end does, keyed or not).
     pub fn keyed(partitions: Vec<(i32, Vec<KeyedRecord>)>, chunk: usize) -> Self {
         let mut meta = BTreeMap::new();
         let mut payloads = Vec::new();
@@ -111,9 +111,7 @@ impl Reader for MemoryReader {
                 } else if *next == *at && *at < records.len() {
                     let began = *began.get_or_insert_with(Instant::now);
                     if began.elapsed() < *pause {
-                        if self.meta.contains_key(p) {
-                            f(Polled::CaughtUp(*p));
-                        }
+                        f(Polled::CaughtUp(*p));
                         continue;
                     }
                 }

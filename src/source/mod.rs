@@ -23,6 +23,7 @@
 pub mod kafka;
 pub mod memory;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -227,6 +228,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
     replay: BTreeMap<i32, Replay>,
     control: SourceControl,
     metrics: Metrics,
+    caught_up: Rc<Cell<Option<Instant>>>,
 ) -> (StreamVec<'s, u64, SourceItem>, StreamVec<'s, u64, Note>) {
     let (loop_handle, loop_stream) = scope.feedback::<Vec<Announcement>>(1);
     let mut builder = OperatorBuilder::new("Source".to_owned(), scope);
@@ -298,6 +300,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             spec.windows.iter().map(|w| metrics.window(&w.name)).collect();
         let mut reported: Option<Instant> = None;
         let mut dedupe_reported = 0i64;
+        let fetch = metrics.stage(crate::metrics::Stage::Fetch).local();
         move |_frontiers| {
             heard.for_each(|_cap, data| {
                 for a in data.drain(..) {
@@ -318,9 +321,13 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             let mut decoded = 0u64;
             let read = reader.poll(BATCH, &mut |polled| match polled {
                 Polled::End(p) => watermarks.finish(p),
-                // Input partitions turn idle by `idle_timeout` only.
-                Polled::CaughtUp(_) => {}
+                // Input partitions turn idle by `idle_timeout` only; the sink learns that
+                // the run is live (see `sink::Prompt`).
+                Polled::CaughtUp(_) => caught_up.set(Some(now)),
                 Polled::Record(r) => {
+                    if let Some(t) = r.timestamp_ms.filter(|t| *t > 0) {
+                        fetch.observe(rejected_at.saturating_sub(t as u64) as f64 / 1000.0);
+                    }
                     if let Some(c) = counters.get(&r.partition) {
                         c.records.inc();
                         c.bytes.inc_by(
@@ -467,6 +474,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     watermarks.advance(r.partition, r.offset + 1);
                 }
             });
+            fetch.flush();
 
             if let Some((data_cap, _, positions_cap)) = caps.as_ref() {
                 let mut positions = positions_out.activate();
