@@ -748,7 +748,11 @@ impl Metrics {
             .with_label_values(&[&w])
             .set(now_ms as f64 / 1000.0);
         let event_time = self.latency.with_label_values(&["event_time"]).local();
+        let commit_stage = self.stage(Stage::Commit).local();
         for &(time, count) in written {
+            for _ in 0..count {
+                commit_stage.observe(took.as_secs_f64());
+            }
             if time == u64::MAX {
                 continue;
             }
@@ -758,6 +762,7 @@ impl Metrics {
             }
         }
         event_time.flush();
+        commit_stage.flush();
         let append = self.latency.with_label_values(&["append"]).local();
         for &ts in appended {
             append.observe(now_ms.saturating_sub(ts) as f64 / 1000.0);

@@ -37,7 +37,7 @@ use timely::progress::Antichain;
 use crate::metrics::{Metrics, Stage};
 use crate::output::OutRecord;
 use crate::progress::{Note, Position, Progress, WatermarkMove};
-use crate::spec::{PipelineSpec, WindowKind};
+use crate::spec::{PipelineSpec, WindowSpec};
 
 /// Where output records go.
 pub trait Writer {
@@ -193,9 +193,8 @@ struct InFlight {
 /// keeps the interval: there prompt commits would run back to back and cost throughput.
 /// Session windows close at data-dependent times and keep the interval too.
 pub struct Prompt {
-    /// Per tumbling or hopping window, `(slide, size % slide, grace)`: its results are
-    /// final at the times `t` with `(t − grace) % slide == size % slide`.
-    closes: Vec<(u64, u64, u64)>,
+    /// The tumbling and hopping windows.
+    windows: Vec<WindowSpec>,
     /// When this worker's source last read to the end of one of its partitions.
     pub caught_up: Rc<Cell<Option<Instant>>>,
 }
@@ -208,29 +207,22 @@ const PROMPT_GAP: u32 = 4;
 impl Prompt {
     /// The windows of `spec` whose closes are known in advance.
     pub fn new(spec: &PipelineSpec) -> Prompt {
-        let closes = spec
-            .windows
-            .iter()
-            .filter_map(|w| match w.kind {
-                WindowKind::Tumbling { size_ms } => Some((size_ms, 0, w.grace_ms)),
-                WindowKind::Hopping { size_ms, slide_ms } => {
-                    Some((slide_ms, size_ms % slide_ms.max(1), w.grace_ms))
-                }
-                WindowKind::Session { .. } => None,
-            })
-            .filter(|(slide, _, _)| *slide > 0)
-            .collect();
         Prompt {
-            closes,
+            windows: spec
+                .windows
+                .iter()
+                .filter(|w| crate::window::is_close(w, 0).is_some())
+                .cloned()
+                .collect(),
             caught_up: Rc::new(Cell::new(None)),
         }
     }
 
     /// Whether `t` is the close of a tumbling or hopping window.
     fn is_close(&self, t: u64) -> bool {
-        self.closes
+        self.windows
             .iter()
-            .any(|&(slide, rem, grace)| t >= grace && (t - grace) % slide == rem)
+            .any(|w| crate::window::is_close(w, t) == Some(true))
     }
 
     /// Whether the source caught up within [`LIVE_FOR`] of `now`.
@@ -285,12 +277,11 @@ pub fn sink<'s, W: Writer + 'static>(
         // Per output time: when its first output reached the sink, and when the frontier
         // passed it; for `waterline_stage_latency_seconds`.
         let mut arrived: BTreeMap<u64, (Instant, Option<Instant>)> = BTreeMap::new();
-        let stages =
-            [Stage::Frontier, Stage::CommitWait, Stage::Commit].map(|s| metrics.stage(s).local());
+        let stages = [Stage::Frontier, Stage::CommitWait].map(|s| metrics.stage(s).local());
         let prompt_gap = config.commit_interval / PROMPT_GAP;
         // Whether final results of a window wait in `pending` and the run is live.
         let prompt_now = move |pending: &BTreeMap<u64, Vec<OutRecord>>, frontier: u64| {
-            !prompt.closes.is_empty()
+            !prompt.windows.is_empty()
                 && prompt.live(Instant::now())
                 && pending.range(..frontier).any(|(t, _)| prompt.is_close(*t))
         };
@@ -351,13 +342,6 @@ pub fn sink<'s, W: Writer + 'static>(
                                 &commit.appended,
                             );
                             tracing::debug!(frontier = commit.frontier, "committed");
-                            let took = commit.started.elapsed().as_secs_f64();
-                            for &(_, n) in &commit.written {
-                                for _ in 0..n {
-                                    stages[2].observe(took);
-                                }
-                            }
-                            stages[2].flush();
                             committed = commit.frontier;
                             last_commit = Instant::now();
                             state.borrow_mut().committed = committed;

@@ -64,6 +64,21 @@ pub fn close_time(spec: &WindowSpec, end: u64) -> u64 {
     end.saturating_add(spec.grace_ms)
 }
 
+/// Whether `t` is the close (end + grace) of one of `spec`'s windows: `Some` for tumbling
+/// and hopping windows, which start at multiples of their slide; `None` for sessions, whose
+/// closes depend on the data.
+pub fn is_close(spec: &WindowSpec, t: u64) -> Option<bool> {
+    let (size, slide) = match spec.kind {
+        WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
+        WindowKind::Hopping { size_ms, slide_ms } => (size_ms, slide_ms),
+        WindowKind::Session { .. } => return None,
+    };
+    let start = t
+        .checked_sub(spec.grace_ms)
+        .and_then(|end| end.checked_sub(size));
+    Some(start.is_some_and(|start| slide > 0 && start % slide == 0))
+}
+
 /// Whether a record at `t` is late for `spec` at partition watermark `wm`: every window
 /// of `spec` it belongs to has closed (it then goes to the late topic). A hopping-window
 /// record that is late for some of its windows only counts in the others.
@@ -244,6 +259,7 @@ fn fallback_avg(sum: Decimal, count: u64, scale: u32) -> Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {
@@ -287,6 +303,50 @@ mod tests {
             exact_avg(d("1000000000000000000"), 7, 12),
             d("142857142857142857.142857142857")
         );
+    }
+
+    fn window(kind: WindowKind, grace_ms: u64) -> WindowSpec {
+        WindowSpec {
+            name: "w".into(),
+            kind,
+            grace_ms,
+            value: None,
+            value_expr: None,
+            filter: None,
+            group_by: vec![],
+            aggregates: vec![],
+            topic: "o".into(),
+            avg_scale: 2,
+            emit: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_closes_are_the_ends_plus_grace_of_the_windows_assigned() {
+        for kind in [
+            WindowKind::Tumbling { size_ms: 1_000 },
+            WindowKind::Hopping {
+                size_ms: 2_000,
+                slide_ms: 500,
+            },
+        ] {
+            let spec = window(kind, 300);
+            let closes: BTreeSet<u64> = (0..20_000u64)
+                .flat_map(|t| windows_of(kind, t).map(|(_, end)| close_time(&spec, end)))
+                .collect();
+            for t in 0..20_000u64 {
+                assert_eq!(
+                    is_close(&spec, t),
+                    Some(closes.contains(&t)),
+                    "{kind:?} at {t}"
+                );
+            }
+        }
+        let session = WindowKind::Session {
+            gap_ms: 100,
+            max_duration_ms: 1_000,
+        };
+        assert_eq!(is_close(&window(session, 0), 1_000), None);
     }
 
     #[test]
