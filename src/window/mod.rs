@@ -351,19 +351,7 @@ mod tests {
 
     #[test]
     fn lateness_is_judged_against_window_end_plus_grace() {
-        let spec = WindowSpec {
-            name: "w".into(),
-            kind: WindowKind::Tumbling { size_ms: 1_000 },
-            grace_ms: 200,
-            value: None,
-            value_expr: None,
-            filter: None,
-            group_by: vec![],
-            aggregates: vec![],
-            topic: "o".into(),
-            avg_scale: 2,
-            emit: Default::default(),
-        };
+        let spec = window(WindowKind::Tumbling { size_ms: 1_000 }, 200);
         // The window [1000, 2000) closes at 2200.
         assert!(!is_late(&spec, 1_999, 2_199));
         assert!(is_late(&spec, 1_999, 2_200));
