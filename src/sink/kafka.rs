@@ -168,6 +168,7 @@ impl KafkaWriter {
                 source,
             })?;
         if transactional {
+            crate::kafka::connect(producer.client());
             producer
                 .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                 .map_err(|source| KafkaSetupError::Client {
@@ -231,6 +232,7 @@ pub fn fence_workers(
                             what: what(),
                             source,
                         })?;
+                    crate::kafka::connect(producer.client());
                     producer
                         .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                         .map_err(|source| KafkaSetupError::Client {
