@@ -106,6 +106,9 @@ impl Reporter {
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            // Wakes the sampler from its wait: a bounded run then exits when its work is
+            // done, not up to a sample interval later.
+            thread.thread().unpark();
             // A panic in the sampler only loses the display.
             let _ = thread.join();
         }
@@ -171,7 +174,8 @@ fn sample(
             tracing::info!("{line}");
             last_line = (now, count);
         }
-        std::thread::sleep(SAMPLE_EVERY);
+        // Woken early by [`Reporter::finish`] (or spuriously, which only samples sooner).
+        std::thread::park_timeout(SAMPLE_EVERY);
     }
 }
 
