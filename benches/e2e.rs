@@ -27,6 +27,12 @@
 //!    is above 0; for the baseline, the first record its consumers got). CPU seconds: the
 //!    child's user + system time (this process's `cutime + cstime` across the wait).
 //!    Peak RSS: the child's `VmHWM`, sampled every 10 ms until it exits.
+//!
+//!    Each of these four runs `WATERLINE_BENCH_ROUNDS` times (default 3), interleaved
+//!    round by round (baseline 1 thread, 2 threads, at-least-once, exactly-once, then
+//!    again), and the table shows each one's median run by wall time, with every run's
+//!    wall time listed below it: one slow moment of a shared machine does not decide a
+//!    ratio.
 //! 4. The maximum rate, live: the backfill rate is not one a live run sustains here, since
 //!    a live feed also needs the feeder and the broker's produce path, on the same cores.
 //!    So `waterline run` exactly-once, as shipped, on a fresh topic fed at 1.5 × the
@@ -175,15 +181,24 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let mut rows = Vec::new();
-    for threads in [1, WORKERS] {
-        rows.push(baseline_row(&bootstrap, &dir, &topic, threads, records));
+    // Each throughput run `rounds` times, the four interleaved round by round, so that a
+    // slow moment of the machine does not decide a ratio; the table shows each one's
+    // median run.
+    let rounds = env_number("WATERLINE_BENCH_ROUNDS", 3).max(1) as usize;
+    let mut runs: Vec<Vec<Row>> = (0..4).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, threads) in [1, WORKERS].into_iter().enumerate() {
+            runs[i].push(baseline_row(
+                &bootstrap, &dir, &topic, threads, records, round,
+            ));
+        }
+        for (i, guarantee) in ["at-least-once", "exactly-once"].into_iter().enumerate() {
+            runs[2 + i].push(waterline_row(
+                &bootstrap, &dir, &topic, guarantee, records, round, &mut made,
+            ));
+        }
     }
-    for guarantee in ["at-least-once", "exactly-once"] {
-        rows.push(waterline_row(
-            &bootstrap, &dir, &topic, guarantee, records, &mut made,
-        ));
-    }
+    let (mut rows, walls) = medians(runs);
 
     // The most exactly-once sustains live: fed at 1.5 × its backfill rate (excluding
     // start-up, unless the run ended before its metrics were first scraped).
@@ -262,6 +277,7 @@ fn main() {
 
     print_report(
         &rows,
+        &walls,
         &latency,
         &saturation,
         &feed,
@@ -297,9 +313,16 @@ fn live_topics(live: &str) -> [String; 5] {
 
 /// Runs the bare consumer in `threads` threads, in a child process, and checks that it read
 /// every record.
-fn baseline_row(bootstrap: &str, dir: &Path, topic: &str, threads: usize, records: u64) -> Row {
-    let log = dir.join(format!("baseline-{threads}.log"));
-    let result = dir.join(format!("baseline-{threads}.out"));
+fn baseline_row(
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    threads: usize,
+    records: u64,
+    round: usize,
+) -> Row {
+    let log = dir.join(format!("baseline-{threads}-{round}.log"));
+    let result = dir.join(format!("baseline-{threads}-{round}.out"));
     let mut command =
         Command::new(std::env::current_exe().expect("the bench knows its own binary"));
     command
@@ -458,9 +481,10 @@ fn waterline_row(
     topic: &str,
     guarantee: &str,
     records: u64,
+    round: usize,
     made: &mut Vec<String>,
 ) -> Row {
-    let outputs = format!("{topic}-{guarantee}");
+    let outputs = format!("{topic}-{guarantee}-{round}");
     let app = format!("{outputs}-app");
     let (windows, dlq, late) = (
         format!("{outputs}-windows"),
@@ -531,12 +555,31 @@ fn waterline_row(
     }
 }
 
+/// Each row's run with the median wall time, and a line per row listing every run's.
+fn medians(runs: Vec<Vec<Row>>) -> (Vec<Row>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut walls = Vec::new();
+    for mut of_row in runs {
+        let each: Vec<String> = of_row
+            .iter()
+            .map(|r| format!("{:.2}", r.run.wall_s))
+            .collect();
+        of_row.sort_by(|a, b| a.run.wall_s.total_cmp(&b.run.wall_s));
+        let median = of_row.swap_remove(of_row.len() / 2);
+        walls.push(format!("{}: {} s", median.label, each.join(", ")));
+        rows.push(median);
+    }
+    (rows, walls)
+}
+
 // --- the report -------------------------------------------------------------------------
 
 type Latency<'a> = (&'a str, &'a str, f64, common::Latencies);
 
+#[allow(clippy::too_many_arguments)]
 fn print_report(
     rows: &[Row],
+    walls: &[String],
     latency: &[Latency],
     saturation: &Saturation,
     feed: &Feed,
@@ -583,9 +626,18 @@ fn print_report(
     println!(
         "\n× baseline: events/s start to exit, and (in parentheses) excluding start-up. p50/p99: \
          dead letters, dataflow as shipped (out-of-orderness 5 s), fed at {:.0}/s = {latency_share} × \
-         the live maximum.\n",
+         the live maximum.",
         feed.rate
     );
+    println!(
+        "Each row is the median (by wall time) of {} runs, interleaved round by round; every \
+         run's wall s, in order:",
+        env_number("WATERLINE_BENCH_ROUNDS", 3).max(1)
+    );
+    for w in walls {
+        println!("- {w}");
+    }
+    println!();
     println!(
         "Live maximum (exactly-once, as shipped, {SATURATION_SECS} s): offered {:.0}/s \
          (1.5 × the backfill rate), fed {:.0}/s, read {:.0}/s; sustained {:.0}/s = {:.2} × the \
@@ -724,8 +776,10 @@ fn print_report(
     }
     println!(
         "\nReproduce: WATERLINE_BENCH_MILLIONS={} WATERLINE_BENCH_LATENCY_SECS={latency_secs} \
-         WATERLINE_BENCH_LATENCY_SHARE={latency_share}{} scripts/bench.sh",
+         WATERLINE_BENCH_LATENCY_SHARE={latency_share} WATERLINE_BENCH_ROUNDS={}{} \
+         scripts/bench.sh",
         records as f64 / 1e6,
+        env_number("WATERLINE_BENCH_ROUNDS", 3).max(1),
         std::env::var("WATERLINE_BENCH_SET").map_or_else(
             |_| String::new(),
             |s| format!(" WATERLINE_BENCH_SET=\"{s}\"")

@@ -6,7 +6,7 @@
 # seconds, events per CPU-second, peak RSS, latency p50/p99), a latency table and the
 # target checks as PASS/MISS lines.
 #
-#   scripts/bench.sh                      # 2 million trades, 20 s per latency mode: ~7 min
+#   scripts/bench.sh                      # 2 million trades, 3 rounds, 20 s per latency mode: ~8 min
 #   WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
 #
 # Settings (environment):
@@ -14,6 +14,8 @@
 #                                 leaves it running)
 #   WATERLINE_BENCH_MILLIONS      million trades to pre-produce (default 2; fractions work)
 #   WATERLINE_BENCH_LATENCY_SECS  measured seconds per latency mode (default 20)
+#   WATERLINE_BENCH_ROUNDS        runs of each throughput row, interleaved; the table shows
+#                                 each row's median (default 3)
 #   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
 #                                 (default 0.5)
 #
