@@ -301,7 +301,7 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 key: keys[key].clone(),
                 id: String::new(),
                 values: Vec::new(),
-                windows: vec![Some(Grouped {
+                windows: smallvec::smallvec![Some(Grouped {
                     key: None,
                     value: amount,
                 })],

@@ -666,7 +666,7 @@ mod tests {
             key: "A".into(),
             id: "1".into(),
             values: vec![Decimal::from(10)],
-            windows: Vec::new(),
+            windows: Default::default(),
             correlation_id: None,
             appended_ms: 0,
         };
