@@ -95,7 +95,7 @@ pub struct KafkaWriter {
     /// rdkafka's `ThreadedProducer`: that thread takes the delivery reports a flush waits
     /// for, so each flush (and so each commit) sat out rdkafka's 100 ms poll slices after
     /// the last delivery, which blocked the worker for half of a 200 ms commit interval
-    /// (the commit thread now flushes in 1 ms steps, see [`flush`]).
+    /// (the commit thread now flushes in short steps, see [`flush`]).
     producer: Arc<BaseProducer<DeliveryTracker>>,
     topics: Rc<Topics>,
     progress_topic: String,
