@@ -144,11 +144,12 @@ pub struct TopicRequest<'a> {
 /// about half of all `init_transactions` took 500 ms longer than the round trips they
 /// need (measured here: 505 ms against 55 ms). The first metadata request is answered by
 /// a bootstrap connection; the second needs a learned broker's, so once it returns, one
-/// is up. A failure here is left to the call that follows, which reports it.
-pub fn connect<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>) {
+/// is up. Both ask for `topic` only, which keeps them small on a cluster of many topics.
+/// A failure here is left to the call that follows, which reports it.
+pub fn connect<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>, topic: &str) {
     for _ in 0..2 {
         if client
-            .fetch_metadata(None, Duration::from_secs(10))
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .is_err()
         {
             return;

@@ -174,7 +174,7 @@ impl KafkaWriter {
                 source,
             })?;
         if transactional {
-            crate::kafka::connect(producer.client());
+            crate::kafka::connect(producer.client(), progress_topic);
             producer
                 .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                 .map_err(|source| KafkaSetupError::Client {
@@ -238,7 +238,10 @@ pub fn fence_workers(
                             what: what(),
                             source,
                         })?;
-                    crate::kafka::connect(producer.client());
+                    crate::kafka::connect(
+                        producer.client(),
+                        &crate::progress::topic(&config.app_id),
+                    );
                     producer
                         .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                         .map_err(|source| KafkaSetupError::Client {
