@@ -184,7 +184,7 @@ fn main() {
     // Each throughput run `rounds` times, the four interleaved round by round, so that a
     // slow moment of the machine does not decide a ratio; the table shows each one's
     // median run.
-    let rounds = env_number("WATERLINE_BENCH_ROUNDS", 3).max(1) as usize;
+    let rounds = rounds();
     let mut runs: Vec<Vec<Row>> = (0..4).map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, threads) in [1, WORKERS].into_iter().enumerate() {
@@ -555,6 +555,11 @@ fn waterline_row(
     }
 }
 
+/// How many times each throughput row runs: `WATERLINE_BENCH_ROUNDS`, default 3.
+fn rounds() -> usize {
+    env_number("WATERLINE_BENCH_ROUNDS", 3).max(1) as usize
+}
+
 /// Each row's run with the median wall time, and a line per row listing every run's.
 fn medians(runs: Vec<Vec<Row>>) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
@@ -632,7 +637,7 @@ fn print_report(
     println!(
         "Each row is the median (by wall time) of {} runs, interleaved round by round; every \
          run's wall s, in order:",
-        env_number("WATERLINE_BENCH_ROUNDS", 3).max(1)
+        rounds()
     );
     for w in walls {
         println!("- {w}");
@@ -779,7 +784,7 @@ fn print_report(
          WATERLINE_BENCH_LATENCY_SHARE={latency_share} WATERLINE_BENCH_ROUNDS={}{} \
          scripts/bench.sh",
         records as f64 / 1e6,
-        env_number("WATERLINE_BENCH_ROUNDS", 3).max(1),
+        rounds(),
         std::env::var("WATERLINE_BENCH_SET").map_or_else(
             |_| String::new(),
             |s| format!(" WATERLINE_BENCH_SET=\"{s}\"")
