@@ -2,9 +2,10 @@
 //! (count, sum, min, max per key and window) by
 //!
 //! - **operator**: waterline's own timely operator (`waterline::window::operator::windows`),
-//!   fed `(event, watermark)` pairs at timestamps at or below the watermark, as
-//!   `src/pipeline.rs` feeds it from the source (decoding and the sink left out, so every
-//!   engine does the same work around the windows);
+//!   fed the partials that `waterline::window::combine` sums from `(event, watermark)`
+//!   pairs at timestamps at or below the watermark, per batch on each worker before the
+//!   exchange, as the source does in `src/pipeline.rs` (decoding and the sink left out, so
+//!   every engine does the same work around the windows);
 //! - **dd-delay**: differential-dataflow: each record delayed to its window's close time,
 //!   then `reduce` per (key, window start), with a negated copy delayed to one millisecond
 //!   after the close so that a closed window's records cancel and its state is freed
@@ -252,8 +253,9 @@ fn child(engine: Engine, workers: usize, n: u64, out: &str) {
                 Engine::Operator | Engine::OperatorHopping => {
                     let spec = Rc::new(spec(engine == Engine::OperatorHopping));
                     let topics = Rc::new(Topics::new(&spec, |_| 1));
+                    let partials = waterline::window::combine::combine(events, Rc::clone(&spec));
                     waterline::window::operator::windows(
-                        events,
+                        partials,
                         spec,
                         0,
                         topics,

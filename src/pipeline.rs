@@ -1,13 +1,15 @@
 //! A dataflow spec → timely operators, for one worker.
 //!
 //! ```text
-//!  source ──Ok(event, wm)──► window[0] ─┐
-//!    │                  └──► window[1] ─┤ (exchanged by key)
-//!    └──Err(dead letter | late record)──┴──► sink (exchanged by topic partition) ──► writer
+//!  source ──partial──► window[0] (tumbling, hopping) ─┐
+//!    │   └──(event, wm)──► window[1] (session) ────────┤ (exchanged by key)
+//!    └──dead letter | late record─────────────────────┴──► sink (exchanged by topic partition) ──► writer
 //! ```
 //!
-//! With `[enrich]`, events pass through the temporal join ([`crate::enrich`]) before the
-//! windows, and the reference source's dead letters and notes join the sink's inputs.
+//! The source sums its events per (window, key, start) into partials for tumbling and
+//! hopping windows ([`crate::window::combine`]) and passes events on only for sessions.
+//! With `[enrich]`, every event passes through the temporal join ([`crate::enrich`]) and is
+//! combined after it, and the reference source's dead letters and notes join the sink's inputs.
 //!
 //! The reader and writer are parameters, so the same dataflow runs on Kafka in production
 //! and on in-memory partitions in the reference tests.
@@ -30,9 +32,10 @@ use crate::progress::{self, Progress, Recovery, Replay};
 use crate::sink::memory::{Committed, MemoryWriter};
 use crate::sink::{self, SinkConfig, SinkState, Writer};
 use crate::source::memory::{KeyedRecord, MemoryReader, Payloads};
-use crate::source::{self, Reader, SourceControl};
+use crate::source::{self, Accepted, Reader, SourceControl};
 use crate::spec::PipelineSpec;
 use crate::spec::WindowKind;
+use crate::window::combine::combine;
 use crate::window::operator::windows;
 use crate::window::session::sessions;
 
@@ -67,10 +70,16 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
             metrics.clone(),
             Rc::clone(&prompt.caught_up),
         );
-        let (events, side) = items.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
+        let (accepted, side) = items.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
+        // The Result lives only inside the closure: boxing the event would allocate per event.
+        #[allow(clippy::result_large_err)]
+        let (partials, events) = accepted.ok_err::<Vec<_>, _, Vec<_>, _, _>(|item| match item {
+            Accepted::Partial(p) => Ok(p),
+            Accepted::Event(event, wm) => Err((event, wm)),
+        });
         let mut outputs = vec![side];
-        let (events, positions) = match &spec.enrich {
-            None => (events, positions),
+        let (partials, events, positions) = match &spec.enrich {
+            None => (partials, events, positions),
             Some(_) => {
                 let input = reference.unwrap_or_else(|| ReferenceInput {
                     reader: Box::new(MemoryReader::new(Vec::new(), 1)),
@@ -96,21 +105,28 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
                     joined.ok_err::<Vec<_>, _, Vec<OutRecord>, _, _>(|item| item);
                 outputs.push(letters);
                 outputs.push(missing);
-                (events, scope.concatenate([positions, notes]))
+                // The source passed every event on whole: the join needs them one by one.
+                let partials = combine(events.clone(), Rc::clone(&spec));
+                (partials, events, scope.concatenate([positions, notes]))
             }
         };
         for index in 0..spec.windows.len() {
-            let operator = match spec.windows[index].kind {
-                WindowKind::Session { .. } => sessions,
-                _ => windows,
-            };
-            outputs.push(operator(
-                events.clone(),
-                Rc::clone(&spec),
-                index,
-                Rc::clone(&topics),
-                metrics.clone(),
-            ));
+            outputs.push(match spec.windows[index].kind {
+                WindowKind::Session { .. } => sessions(
+                    events.clone(),
+                    Rc::clone(&spec),
+                    index,
+                    Rc::clone(&topics),
+                    metrics.clone(),
+                ),
+                _ => windows(
+                    partials.clone(),
+                    Rc::clone(&spec),
+                    index,
+                    Rc::clone(&topics),
+                    metrics.clone(),
+                ),
+            });
         }
         let all = scope.concatenate(outputs);
         sink::sink(

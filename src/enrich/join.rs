@@ -26,8 +26,8 @@ use timely::dataflow::operators::{Capability, Operator};
 use super::{OnMissing, Version, VersionedTable, enrich};
 use crate::codec::Event;
 use crate::metrics::Metrics;
-use crate::output::{SourceRef, Topics};
-use crate::source::{SourceItem, now_ms};
+use crate::output::{OutRecord, SourceRef, Topics};
+use crate::source::now_ms;
 use crate::spec::PipelineSpec;
 use crate::time::rfc3339_ms;
 use crate::window::operator::key_hash;
@@ -42,7 +42,7 @@ pub fn temporal_join<'s>(
     spec: Rc<PipelineSpec>,
     topics: Rc<Topics>,
     metrics: Metrics,
-) -> StreamVec<'s, u64, SourceItem> {
+) -> StreamVec<'s, u64, Result<(Event, u64), OutRecord>> {
     let enrich_spec = spec
         .enrich
         .clone()

@@ -47,6 +47,7 @@ use crate::output::{self, OutRecord, SourceRef, Topics};
 use crate::progress::{Note, Position, Replay, WatermarkMove};
 use crate::spec::{CorrelationSource, PipelineSpec};
 use crate::time::watermark::{Hold, Watermarks};
+use crate::window::combine::{Combiner, Partial};
 
 /// The watermark moves a source tells the sinks as its watermark rises to `t`: one for
 /// each unfinished partition whose next offset changed since its last move, or that was
@@ -185,9 +186,20 @@ pub struct SourceControl {
     pub drain: Arc<AtomicBool>,
 }
 
-/// What flows out of the source: an event with its partition's watermark, or a record for
-/// the sink (dead letter or late record).
-pub type SourceItem = Result<(Event, u64), OutRecord>;
+/// What flows out of the source: what the windows take, or a record for the sink (dead
+/// letter or late record).
+pub type SourceItem = Result<Accepted, OutRecord>;
+
+/// What the source passes on for the windows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Accepted {
+    /// An event with its partition's watermark when it was read: for session windows, and
+    /// for the temporal join of a dataflow with `[enrich]`, which combines after the join.
+    Event(Event, u64),
+    /// The totals of one (tumbling or hopping window, key, start) over this activation's
+    /// events ([`crate::window::combine`]).
+    Partial(Partial),
+}
 
 const BATCH: usize = 4096;
 /// Events are sent on in containers of this many, each allocated at its full size: grown
@@ -288,6 +300,15 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let dedupe = spec.dedupe;
         let window_reach = spec.window_reach_ms();
         let mut seen: BTreeMap<i32, Seen> = BTreeMap::new();
+        // Without `[enrich]`, tumbling and hopping windows take this worker's partials;
+        // events go on only to what needs them one by one: sessions, or the join.
+        let mut combiner = Combiner::new(Rc::clone(&spec));
+        let combine = spec.enrich.is_none() && combiner.serves_any();
+        let pass_events = spec.enrich.is_some()
+            || spec
+                .windows
+                .iter()
+                .any(|w| matches!(w.kind, crate::spec::WindowKind::Session { .. }));
         let id_header = match spec.input.correlation.as_ref().map(|c| &c.source) {
             Some(CorrelationSource::Header(name)) => Some(name.clone()),
             _ => None,
@@ -459,14 +480,19 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                 }
                                 if late < all_windows {
                                     decoded += 1;
-                                    if filling.len() == CHUNK {
-                                        let full = std::mem::replace(
-                                            &mut filling,
-                                            Vec::with_capacity(CHUNK),
-                                        );
-                                        pending.push(full);
+                                    if combine {
+                                        combiner.add(&event, wm);
                                     }
-                                    filling.push(Ok((event, wm)));
+                                    if pass_events {
+                                        if filling.len() == CHUNK {
+                                            let full = std::mem::replace(
+                                                &mut filling,
+                                                Vec::with_capacity(CHUNK),
+                                            );
+                                            pending.push(full);
+                                        }
+                                        filling.push(Ok(Accepted::Event(event, wm)));
+                                    }
                                 }
                             }
                         }
@@ -491,6 +517,12 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         .give(Note::Position(position));
                 }
                 let mut out = data_out.activate();
+                combiner.drain(|p| {
+                    if filling.len() == CHUNK {
+                        pending.push(std::mem::replace(&mut filling, Vec::with_capacity(CHUNK)));
+                    }
+                    filling.push(Ok(Accepted::Partial(p)));
+                });
                 if !filling.is_empty() {
                     pending.push(std::mem::replace(&mut filling, Vec::with_capacity(CHUNK)));
                 }

@@ -7,6 +7,7 @@
 //! decision depends only on the partition's own sequence of records, so a replay of the
 //! same offsets classifies every record the same way.
 
+pub mod combine;
 pub mod hopping;
 pub mod operator;
 pub mod session;
@@ -98,6 +99,9 @@ pub fn ids_per_result(spec: &PipelineSpec) -> usize {
 
 /// Exact running aggregates of one (key, window). Merging is associative and commutative,
 /// so the result does not depend on arrival order.
+///
+/// Partial aggregates cross processes inside [`combine::Partial`] in timely's bincode
+/// encoding, which is not self-describing: no field may be skipped when serialising.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accumulator {
     /// Number of events.
@@ -109,22 +113,14 @@ pub struct Accumulator {
     /// Greatest value.
     pub max: Decimal,
     /// Earliest event time, epoch ms.
-    #[serde(default)]
     pub first: u64,
     /// Latest event time, epoch ms.
-    #[serde(default)]
     pub last: u64,
     /// The correlation ids of the events, once one had an id ([`crate::correlation`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Box<CorrelationIds>>,
     /// The greatest Kafka timestamp of the events (epoch ms, 0 unknown), for the
     /// `since="append"` latency; no part of any result.
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub appended_ms: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
 }
 
 impl Accumulator {

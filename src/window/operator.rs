@@ -1,9 +1,9 @@
-//! The window operator: events in, final window results out.
+//! The window operator: partial aggregates in, final window results out.
 //!
-//! Input: `(event, wm)` at a timestamp at or below `wm`, the event's partition watermark
-//! when it was read (the source's held time). Events are exchanged by their group key in
-//! this window ([`Event::window`]), so one worker owns each group; events a filter leaves
-//! out are skipped.
+//! Input: [`Partial`]s, each the totals of one (key, window) over a batch of events that
+//! one worker read ([`super::combine`]), at a timestamp at or below the watermarks those
+//! events were read at. Partials are exchanged by their group key, so one worker owns each
+//! group, and merged; partials of the spec's other windows are skipped.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
@@ -11,7 +11,7 @@
 //! Output, `emit = "final"`: one result per (key, window), at timestamp `end + grace`,
 //! once the input frontier reaches that time; its state is freed then. An event that is
 //! late for this window (`end + grace <= wm`) was already routed to the late topic by the
-//! source and is skipped here, so it never changes a result.
+//! source and is in no partial of it, so it never changes a result.
 //!
 //! Output, `emit = "updates"`: a changelog keyed by `[window, key, start]`. A record's
 //! change shows at [`update_time`] (`max(t, wm)`, optionally rounded up to
@@ -36,6 +36,7 @@
 //! window it is in) and can only grow for sessions, whose close moves with later records. In
 //! updates mode the pending changes are accumulators per (time, key, window), not records.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -43,8 +44,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::{Accumulator, close_time, end_of, ids_per_result, windows_of};
-use crate::codec::Event;
+use super::combine::Partial;
+use super::{Accumulator, end_of};
 use crate::metrics::{GaugeShare, Metrics};
 use crate::output::{self, OutRecord, Topics};
 use crate::spec::{Emit, PipelineSpec};
@@ -98,21 +99,18 @@ pub fn update_time(t: u64, wm: u64, interval_ms: u64, close: u64) -> u64 {
     at.min(close.saturating_sub(1))
 }
 
-/// Aggregates `events` into results of window `index` of `spec`: final results, or with
+/// Merges `partials` into results of window `index` of `spec`: final results, or with
 /// `emit = "updates"` also a changelog of upserts.
 pub fn windows<'s>(
-    events: StreamVec<'s, u64, (Event, u64)>,
+    partials: StreamVec<'s, u64, Partial>,
     spec: Rc<PipelineSpec>,
     index: usize,
     topics: Rc<Topics>,
     metrics: Metrics,
 ) -> StreamVec<'s, u64, OutRecord> {
     let name = format!("Window[{}]", spec.windows[index].name);
-    events.unary_frontier(
-        Exchange::new(move |(e, _): &(Event, u64)| {
-            // Events filtered out are skipped; spread them by their input key.
-            key_hash(e.window(index).map_or(e.key.as_str(), |g| g.key))
-        }),
+    partials.unary_frontier(
+        Exchange::new(|p: &Partial| key_hash(&p.key)),
         &name,
         move |_cap, _info| {
             // Close time → the running totals of the windows that close then.
@@ -125,46 +123,43 @@ pub fn windows<'s>(
             let mut share = GaugeShare::default();
             move |(input, frontier), output| {
                 let w = &spec.windows[index];
-                let id_limit = ids_per_result(&spec);
                 let out_port = output.output_index();
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
-                        for (event, wm) in batch.drain(..) {
-                            let Some(grouped) = event.window(index) else {
-                                continue; // filtered out of this window
-                            };
-                            let (key, value, t) = (grouped.key, grouped.value, event.time);
-                            // Each window the event belongs to that has not closed at its
-                            // partition's watermark (none, when it is late for them all).
-                            for (start, end) in windows_of(w.kind, event.time) {
-                                let close = close_time(w, end);
-                                if close <= wm {
-                                    break; // this one and every earlier one have closed
-                                }
-                                let (_, accs) = open.entry(close).or_insert_with(|| {
-                                    (cap.delayed(&close, out_port), Open::default())
+                        for p in batch.drain(..) {
+                            if p.window != index {
+                                continue; // another window's
+                            }
+                            let close = p.close;
+                            let (_, accs) = open.entry(close).or_insert_with(|| {
+                                (cap.delayed(&close, out_port), Open::default())
+                            });
+                            if let Emit::Updates { .. } = w.emit {
+                                // The totals exist from the first change on; the change
+                                // itself shows at its update time.
+                                totals(accs, &p.key, p.start);
+                                let (_, pending) = changes.entry(p.at).or_insert_with(|| {
+                                    (cap.delayed(&p.at, out_port), HashMap::new())
                                 });
-                                if let Emit::Updates { interval_ms } = w.emit {
-                                    let at = update_time(event.time, wm, interval_ms, close);
-                                    totals(accs, key, start);
-                                    let (_, pending) = changes.entry(at).or_insert_with(|| {
-                                        (cap.delayed(&at, out_port), HashMap::new())
-                                    });
-                                    let delta = pending
-                                        .entry((key.to_string(), start, close))
-                                        .or_insert_with(Accumulator::empty);
-                                    delta.add(value, t);
-                                    delta.note_appended(event.appended_ms);
-                                    if let Some(id) = &event.correlation_id {
-                                        delta.add_id(t, id, id_limit);
+                                match pending.entry((p.key, p.start, close)) {
+                                    Entry::Occupied(mut e) => e.get_mut().merge(&p.acc),
+                                    Entry::Vacant(e) => {
+                                        e.insert(p.acc);
                                     }
-                                    continue;
                                 }
-                                let acc = totals(accs, key, start);
-                                acc.add(value, t);
-                                acc.note_appended(event.appended_ms);
-                                if let Some(id) = &event.correlation_id {
-                                    acc.add_id(t, id, id_limit);
+                                continue;
+                            }
+                            match accs.entry(p.key) {
+                                Entry::Occupied(mut e) => {
+                                    let (at, acc) = e.get_mut();
+                                    debug_assert_eq!(
+                                        *at, p.start,
+                                        "windows closing together start together"
+                                    );
+                                    acc.merge(&p.acc);
+                                }
+                                Entry::Vacant(e) => {
+                                    e.insert((p.start, p.acc));
                                 }
                             }
                         }
