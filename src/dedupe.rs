@@ -12,53 +12,43 @@
 //! more than `window reach + horizon` behind the watermark can never match again and is
 //! forgotten; the watermark is deterministic, so forgetting is too.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-/// The event times one id was seen at: nearly always one, so it is kept inline.
-#[derive(Debug)]
-enum Times {
-    One(u64),
-    Many(Vec<u64>),
-}
+/// The flag in [`Entry::len`] of an id seen at more than one time.
+const MORE: u32 = 1 << 31;
 
-impl Times {
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            Times::One(t) => std::slice::from_ref(t),
-            Times::Many(ts) => ts,
-        }
-    }
-
-    fn add(&mut self, time: u64) {
-        match self {
-            Times::One(t) if *t != time => *self = Times::Many(vec![*t, time]),
-            Times::One(_) => {}
-            Times::Many(ts) if !ts.contains(&time) => ts.push(time),
-            Times::Many(_) => {}
-        }
-    }
-
-    /// Keeps the times at or after `oldest`; says whether any is left.
-    fn keep_from(&mut self, oldest: u64) -> bool {
-        match self {
-            Times::One(t) => *t >= oldest,
-            Times::Many(ts) => {
-                ts.retain(|t| *t >= oldest);
-                !ts.is_empty()
-            }
-        }
-    }
-}
-
-/// One remembered id: where its bytes are in [`Seen`]'s buffer, its hash, its times.
+/// One remembered id: where its bytes are in [`Seen`]'s buffer, 32 bits of its hash, and
+/// the first event time it was seen at; 24 bytes, because the table is most of a
+/// partition's dedupe memory and each growth writes all of it to fresh pages. An id seen
+/// at other times too (a duplicate outside the horizon: rare) has them in
+/// [`Seen::more`], under its `start`.
 #[derive(Debug)]
 struct Entry {
-    hash: u64,
-    start: usize,
-    len: usize,
-    times: Times,
+    start: u64,
+    time: u64,
+    hash: u32,
+    /// The id's length in bytes, with [`MORE`] set when [`Seen::more`] has further times.
+    len: u32,
+}
+
+impl Entry {
+    fn range(&self) -> std::ops::Range<usize> {
+        let start = self.start as usize;
+        start..start + (self.len & !MORE) as usize
+    }
+
+    fn has_more(&self) -> bool {
+        self.len & MORE != 0
+    }
+}
+
+/// The table's 64-bit hash of an entry with 32-bit hash `h`: spread over all 64 bits, as
+/// the table takes the bucket from the low bits and a tag from the top ones.
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The ids one partition has seen, with their event times.
@@ -82,6 +72,8 @@ pub struct Seen {
     bytes: String,
     /// The buffer the next sweep copies into; empty between sweeps.
     spare: String,
+    /// The further event times of ids seen at more than one, by their entry's `start`.
+    more: HashMap<u64, Vec<u64>>,
     hasher: foldhash::fast::RandomState,
     /// The watermark of the last sweep.
     swept_at: u64,
@@ -99,34 +91,46 @@ impl Seen {
 
     /// Records `id` at `time`; says whether an earlier record repeats it.
     pub fn repeat(&mut self, id: &str, time: u64) -> bool {
-        let hash = self.hasher.hash_one(id);
+        // A record's id is a member of its payload, which Kafka bounds far below 2 GiB.
+        let len = u32::try_from(id.len())
+            .ok()
+            .filter(|l| l & MORE == 0)
+            .expect("an id fits in a Kafka record, under 2 GiB");
+        let hash = (self.hasher.hash_one(id) >> 32) as u32;
         let bytes = &self.bytes;
         let found = self
             .ids
-            .find_mut(hash, |e| &bytes[e.start..e.start + e.len] == id);
-        match found {
-            Some(entry) => {
-                let repeat = entry
-                    .times
-                    .as_slice()
-                    .iter()
-                    .any(|t| t.abs_diff(time) <= self.horizon);
-                entry.times.add(time);
-                repeat
+            .find_mut(spread(hash), |e| e.hash == hash && &bytes[e.range()] == id);
+        let Some(entry) = found else {
+            let start = self.bytes.len() as u64;
+            self.bytes.push_str(id);
+            let entry = Entry {
+                start,
+                time,
+                hash,
+                len,
+            };
+            self.ids
+                .insert_unique(spread(hash), entry, |e| spread(e.hash));
+            return false;
+        };
+        let near = |t: &u64| t.abs_diff(time) <= self.horizon;
+        if !entry.has_more() {
+            if entry.time != time {
+                entry.len |= MORE;
+                self.more.insert(entry.start, vec![time]);
             }
-            None => {
-                let start = self.bytes.len();
-                self.bytes.push_str(id);
-                let entry = Entry {
-                    hash,
-                    start,
-                    len: id.len(),
-                    times: Times::One(time),
-                };
-                self.ids.insert_unique(hash, entry, |e| e.hash);
-                false
-            }
+            return near(&entry.time);
         }
+        let more = self
+            .more
+            .get_mut(&entry.start)
+            .expect("an entry flagged with more times has them");
+        let repeat = near(&entry.time) || more.iter().any(near);
+        if entry.time != time && !more.contains(&time) {
+            more.push(time);
+        }
+        repeat
     }
 
     /// Forgets what no record judged against `watermark` or later can repeat. Sweeps at
@@ -137,18 +141,43 @@ impl Seen {
         }
         self.swept_at = watermark;
         let oldest = watermark.saturating_sub(self.keep);
-        self.ids.retain(|e| e.times.keep_from(oldest));
+        let mut more = std::mem::take(&mut self.more);
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
-        for e in self.ids.iter_mut() {
-            let start = bytes.len();
-            bytes.push_str(&self.bytes[e.start..e.start + e.len]);
+        let mut kept_more = HashMap::new();
+        self.ids.retain(|e| {
+            let mut times = match e.has_more() {
+                false if e.time < oldest => return false,
+                false => Vec::new(),
+                true => {
+                    let mut times = more
+                        .remove(&e.start)
+                        .expect("an entry flagged with more times has them");
+                    times.push(e.time);
+                    times.retain(|t| *t >= oldest);
+                    let Some(first) = times.pop() else {
+                        return false;
+                    };
+                    e.time = first;
+                    times
+                }
+            };
+            let start = bytes.len() as u64;
+            bytes.push_str(&self.bytes[e.range()]);
             e.start = start;
-        }
+            e.len &= !MORE;
+            if !times.is_empty() {
+                times.shrink_to_fit();
+                e.len |= MORE;
+                kept_more.insert(start, std::mem::take(&mut times));
+            }
+            true
+        });
+        self.more = kept_more;
         self.spare = std::mem::replace(&mut self.bytes, bytes);
         self.spare.clear();
         if self.ids.capacity() > 4 * self.ids.len().max(1024) {
-            self.ids.shrink_to_fit(|e| e.hash);
+            self.ids.shrink_to_fit(|e| spread(e.hash));
         }
     }
 
