@@ -30,6 +30,7 @@ pub fn members<'a>(
     if b.get(i) == Some(&b'}') {
         return (skip_ws(b, i + 1) == b.len()).then_some(());
     }
+    let mut next = 0;
     loop {
         let (name, after) = plain_string(b, i)?;
         i = skip_ws(b, after);
@@ -39,17 +40,20 @@ pub fn members<'a>(
         i = skip_ws(b, i + 1);
         let start = i;
         i = value_end(b, i)?;
-        let key = &text[name.0..name.1];
-        // Names differ in length or in their first or last byte far more often than not:
-        // compare those before the bytes.
-        let at = names.iter().position(|n| {
+        let key = &b[name.0..name.1];
+        // Producers write their members in one order, mostly the spec's: the name after the
+        // last one found is tried first. Otherwise names differ in length or in their first
+        // or last byte far more often than not: compare those before the bytes.
+        let is = |n: &String| {
             let n = n.as_bytes();
-            n.len() == key.len()
-                && n.first() == key.as_bytes().first()
-                && n.last() == key.as_bytes().last()
-                && n == key.as_bytes()
-        });
+            n.len() == key.len() && n.first() == key.first() && n.last() == key.last() && n == key
+        };
+        let at = match names.get(next) {
+            Some(n) if is(n) => Some(next),
+            _ => names.iter().position(is),
+        };
         if let Some(n) = at {
+            next = n + 1;
             found(n, &text[start..i]);
         }
         i = skip_ws(b, i);
