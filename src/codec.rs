@@ -100,7 +100,7 @@ impl fmt::Display for Rejection {
 }
 
 /// A decoded, validated event: what the windows need of it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// Event time, epoch milliseconds.
     pub time: u64,
@@ -254,7 +254,7 @@ impl<'de> Visitor<'de> for Slots<'_> {
 pub struct Decoder {
     /// The members read: the declared fields (as many as `types`), then the correlation
     /// field when it is not one of them.
-    names: Vec<String>,
+    names: flat_json::Names,
     types: Vec<FieldType>,
     /// Which of `names` holds the correlation id, when it comes from a field.
     correlation: Option<usize>,
@@ -280,7 +280,7 @@ impl Decoder {
             Some(CorrelationSource::Header(_)) | None => None,
         };
         Decoder {
-            names,
+            names: flat_json::Names::new(names),
             types: spec.validation.fields.iter().map(|f| f.ty).collect(),
             correlation,
             spec: spec.clone(),
@@ -294,6 +294,21 @@ impl Decoder {
 
     /// Decodes one payload (`None` for a Kafka null value), with its id.
     pub fn decode_record<'a>(&self, payload: Option<&'a [u8]>) -> Result<Decoded<'a>, Rejection> {
+        let mut event = Event::default();
+        let id = self.decode_into(payload, &mut event)?;
+        Ok(Decoded { event, id })
+    }
+
+    /// Decodes one payload (`None` for a Kafka null value) into `event`, reusing its
+    /// buffers, and returns its id. After a rejection `event` holds nothing meaningful.
+    ///
+    /// The source decodes every record into one event this way: a dataflow whose windows
+    /// all combine in the source never allocates per event.
+    pub fn decode_into<'a>(
+        &self,
+        payload: Option<&'a [u8]>,
+        event: &mut Event,
+    ) -> Result<Cow<'a, str>, Rejection> {
         let bytes = payload.unwrap_or_default();
         if bytes.is_empty() {
             return Err(Rejection::new(
@@ -324,7 +339,7 @@ impl Decoder {
                 ),
             });
         }
-        let mut slots: SlotValues<'_> = smallvec::smallvec![None; self.names.len()];
+        let mut slots: SlotValues<'_> = smallvec::smallvec![None; self.names.as_slice().len()];
         let read = {
             let slots = slots.as_mut_slice();
             flat_json::members(text, &self.names, |i, raw| slots[i] = Some(raw))
@@ -334,24 +349,26 @@ impl Decoder {
         if !plain {
             // Not a flat object of plain values: serde_json reads it, or words the error.
             let mut de = serde_json::Deserializer::from_str(text);
-            slots = Slots { names: &self.names }
-                .deserialize(&mut de)
-                .and_then(|s| de.end().map(|_| s))
-                .map_err(|e| {
-                    Rejection::new(
-                        ErrorKind::MalformedJson,
-                        format!("payload is not valid JSON: {e}"),
-                    )
-                })?;
+            slots = Slots {
+                names: self.names.as_slice(),
+            }
+            .deserialize(&mut de)
+            .and_then(|s| de.end().map(|_| s))
+            .map_err(|e| {
+                Rejection::new(
+                    ErrorKind::MalformedJson,
+                    format!("payload is not valid JSON: {e}"),
+                )
+            })?;
         }
         let correlation_id = self
             .correlation
             .and_then(|i| slots[i])
             .and_then(correlation_text);
-        match self.event_of(&slots[..self.types.len()], plain) {
-            Ok(mut decoded) => {
-                decoded.event.correlation_id = correlation_id;
-                Ok(decoded)
+        match self.event_of(&slots[..self.types.len()], plain, event) {
+            Ok(id) => {
+                event.correlation_id = correlation_id;
+                Ok(id)
             }
             Err(mut rejection) => {
                 rejection.correlation_id = correlation_id;
@@ -360,16 +377,17 @@ impl Decoder {
         }
     }
 
-    /// Validates the declared fields' values (`slots`, in declaration order) into an event;
-    /// `plain`: no string among them has an escape.
+    /// Validates the declared fields' values (`slots`, in declaration order) into `event`,
+    /// and returns the id; `plain`: no string among them has an escape.
     fn event_of<'a>(
         &self,
         slots: &[Option<&'a str>],
         plain: bool,
-    ) -> Result<Decoded<'a>, Rejection> {
+        event: &mut Event,
+    ) -> Result<Cow<'a, str>, Rejection> {
         let mut values: SmallVec<[FieldValue<'a>; 8]> = SmallVec::with_capacity(slots.len());
         for (i, slot) in slots.iter().enumerate() {
-            let name = &self.names[i];
+            let name = &self.names.as_slice()[i];
             let raw = match slot {
                 Some(raw) if *raw != "null" => raw,
                 Some(_) => {
@@ -415,7 +433,7 @@ impl Decoder {
                     format!("{} (`{}`): {why}", rule.name, e.source()),
                 ));
             };
-            let name = &self.names[field];
+            let name = &self.names.as_slice()[field];
             let value = &values[field];
             let ok = match (&rule.check, value) {
                 (Check::Compare(cmp, bound), FieldValue::Dec(d)) => cmp.holds(*d, *bound),
@@ -455,7 +473,6 @@ impl Decoder {
             FieldValue::Time(t) => t,
             _ => unreachable!("the event-time field is declared as a timestamp"),
         };
-        let key = as_text(&values[input.key_field]).into_owned();
         let id = match &values[input.id_field] {
             FieldValue::Str(s) => s.clone(),
             other => Cow::Owned(as_text(other).into_owned()),
@@ -480,7 +497,7 @@ impl Decoder {
                 )
             })?,
         };
-        let mut windows = SmallVec::with_capacity(self.spec.windows.len());
+        event.windows.clear();
         for (i, w) in self.spec.windows.iter().enumerate() {
             let failed = |what: &str, src: &str, err: crate::expr::EvalError| {
                 Rejection::new(
@@ -494,7 +511,7 @@ impl Decoder {
                     Some(f) => f.test(&arg).map_err(|e| failed("filter", f.source(), e))?,
                 };
             if !counted {
-                windows.push(None);
+                event.windows.push(None);
                 continue;
             }
             let value = match (&w.value_expr, w.value) {
@@ -512,24 +529,20 @@ impl Decoder {
                 let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
                 Some(group_key(&parts))
             };
-            windows.push(Some(Grouped { key, value }));
+            event.windows.push(Some(Grouped { key, value }));
         }
-        let (kept_id, values) = match self.spec.enrich {
-            Some(_) => (id.to_string(), numbers.to_vec()),
-            None => (String::new(), Vec::new()),
-        };
-        Ok(Decoded {
-            event: Event {
-                time,
-                key,
-                id: kept_id,
-                values,
-                windows,
-                correlation_id: None,
-                appended_ms: 0,
-            },
-            id,
-        })
+        event.time = time;
+        event.key.clear();
+        event.key.push_str(&as_text(&values[input.key_field]));
+        event.id.clear();
+        event.values.clear();
+        if self.spec.enrich.is_some() {
+            event.id.push_str(&id);
+            event.values.extend_from_slice(&numbers);
+        }
+        event.correlation_id = None;
+        event.appended_ms = 0;
+        Ok(id)
     }
 }
 

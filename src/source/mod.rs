@@ -40,7 +40,7 @@ use timely::dataflow::operators::{ConnectLoop, Feedback};
 use timely::dataflow::{Scope, StreamVec};
 use timely::progress::Antichain;
 
-use crate::codec::{Decoded, Decoder, ErrorKind, Event, Rejection};
+use crate::codec::{Decoder, ErrorKind, Event, Rejection};
 use crate::dedupe::Seen;
 use crate::metrics::Metrics;
 use crate::output::{self, OutRecord, SourceRef, Topics};
@@ -302,6 +302,9 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let mut seen: BTreeMap<i32, Seen> = BTreeMap::new();
         // Without `[enrich]`, tumbling and hopping windows take this worker's partials;
         // events go on only to what needs them one by one: sessions, or the join.
+        // Every record is decoded into this one event: when the windows all combine here,
+        // its key and buffers are reused instead of allocated and freed per record.
+        let mut scratch = Event::default();
         let mut combiner = Combiner::new(Rc::clone(&spec));
         let combine = spec.enrich.is_none() && combiner.serves_any();
         let pass_events = spec.enrich.is_some()
@@ -366,7 +369,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                         .and_then(|name| r.headers.last(name))
                         .filter(|v| !v.is_empty())
                         .map(|v| String::from_utf8_lossy(v).into_owned());
-                    match decoder.decode_record(r.payload) {
+                    match decoder.decode_into(r.payload, &mut scratch) {
                         Err(mut rejection) => {
                             if header_id.is_some() {
                                 rejection.correlation_id = header_id;
@@ -392,7 +395,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             let wm = watermarks.watermark(r.partition).max(held);
                             side.entry(wm).or_default().push(Err(letter));
                         }
-                        Ok(Decoded { mut event, id }) => {
+                        Ok(id) => {
+                            let event = &mut scratch;
                             if header_id.is_some() {
                                 event.correlation_id = header_id;
                             }
@@ -481,7 +485,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                 if late < all_windows {
                                     decoded += 1;
                                     if combine {
-                                        combiner.add(&event, wm);
+                                        combiner.add(event, wm);
                                     }
                                     if pass_events {
                                         if filling.len() == CHUNK {
@@ -491,7 +495,10 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                                             );
                                             pending.push(full);
                                         }
-                                        filling.push(Ok(Accepted::Event(event, wm)));
+                                        filling.push(Ok(Accepted::Event(
+                                            std::mem::take(event),
+                                            wm,
+                                        )));
                                     }
                                 }
                             }
