@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::rc::Rc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::vec::{Filter, Input};
 use timely::dataflow::operators::{Inspect, Probe};
 use waterline::cli::GenerateArgs;
 use waterline::codec::{Decoder, Event};
@@ -157,7 +157,9 @@ fn run_operator(spec: &PipelineSpec, index: usize, events: Vec<(Event, u64)>) ->
                     session::sessions(stream, Rc::clone(&spec), index, topics, metrics)
                 }
                 _ => {
-                    let partials = combine::combine(stream, Rc::clone(&spec));
+                    // The pipeline hands each window operator only its own partials.
+                    let partials = combine::combine(stream, Rc::clone(&spec))
+                        .filter(move |p| p.window == index);
                     operator::windows(partials, Rc::clone(&spec), index, topics, metrics)
                 }
             };

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Partition;
 use timely::worker::Worker;
 
 use crate::enrich::source::ReferenceInput;
@@ -110,7 +111,9 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
                 (partials, events, scope.concatenate([positions, notes]))
             }
         };
-        for index in 0..spec.windows.len() {
+        // Each window's partials go to its own operator: each crosses the exchange once.
+        let partials = partials.partition(spec.windows.len() as u64, |p| (p.window as u64, p));
+        for (index, own) in partials.into_iter().enumerate() {
             outputs.push(match spec.windows[index].kind {
                 WindowKind::Session { .. } => sessions(
                     events.clone(),
@@ -120,7 +123,7 @@ pub fn build<R: Reader + 'static, W: Writer + 'static>(
                     metrics.clone(),
                 ),
                 _ => windows(
-                    partials.clone(),
+                    own,
                     Rc::clone(&spec),
                     index,
                     Rc::clone(&topics),

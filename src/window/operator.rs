@@ -3,7 +3,7 @@
 //! Input: [`Partial`]s, each the totals of one (key, window) over a batch of events that
 //! one worker read ([`super::combine`]), at a timestamp at or below the watermarks those
 //! events were read at. Partials are exchanged by their group key, so one worker owns each
-//! group, and merged; partials of the spec's other windows are skipped.
+//! group, and merged; the pipeline hands each window only its own partials.
 //!
 //! State: per close time `end + grace`, a capability at that time and one
 //! [`Accumulator`] per (key, window start) — O(keys × open windows), never O(records).
@@ -127,9 +127,7 @@ pub fn windows<'s>(
                 input.for_each_stamp(|cap, batches| {
                     for batch in batches {
                         for p in batch.drain(..) {
-                            if p.window != index {
-                                continue; // another window's
-                            }
+                            debug_assert_eq!(p.window, index, "partials are split by window");
                             let close = p.close;
                             let (_, accs) = open.entry(close).or_insert_with(|| {
                                 (cap.delayed(&close, out_port), Open::default())
