@@ -27,7 +27,7 @@ use crate::output::Topics;
 use crate::pipeline;
 use crate::progress::{self, Position, Progress, Recovery};
 use crate::replay::{StartAt, StopAt};
-use crate::sink::kafka::KafkaWriter;
+use crate::sink::kafka::{KafkaWriter, PreparedProducer};
 use crate::sink::{SinkConfig, Writer};
 use crate::source::SourceControl;
 use crate::source::kafka::KafkaReader;
@@ -266,10 +266,30 @@ fn run_once(
             )
         })?;
 
+    // Global worker indices: process I of a job runs workers I·N .. (I+1)·N.
+    let first_worker = mesh.map_or(0, |m| m.process() * options.workers);
+    let total_workers = options.workers * mesh.map_or(1, Mesh::processes);
+    // Exactly-once, this process's workers fence their earlier incarnations and get their
+    // producers meanwhile: both the topics and the fencing wait on the broker.
+    let fencing = {
+        let (config, metrics) = (config.clone(), options.metrics.clone());
+        let (input, dataflow) = (spec.input.topic.clone(), spec.name.clone());
+        let workers = first_worker..first_worker + options.workers;
+        std::thread::spawn(move || {
+            crate::sink::kafka::fence_workers(&config, workers, &input, &metrics, |w| {
+                worker_span(&dataflow, w)
+            })
+        })
+    };
+
     let provisional = Topics::new(&spec, |_| spec.output.partitions);
+    let progress_topic = progress::topic(&config.app_id);
+    // Only missing topics are asked for, all in one request: asking to create existing
+    // ones costs a client and a round trip to the controller.
+    let mut created = Vec::new();
     if config.create_topics {
         let max_bytes = MAX_MESSAGE_BYTES.to_string();
-        let requests: Vec<TopicRequest> = provisional
+        let mut requests: Vec<TopicRequest> = provisional
             .names
             .iter()
             .enumerate()
@@ -283,7 +303,21 @@ fn run_once(
                 },
             })
             .collect();
-        kafka::ensure_topics(&config, &requests)?;
+        requests.push(TopicRequest {
+            name: &progress_topic,
+            partitions: 1,
+            // Only each worker's latest record matters.
+            config: vec![("cleanup.policy", "compact")],
+        });
+        let mut missing = Vec::new();
+        for request in requests {
+            if kafka::partition_count(&probe, request.name, timeout)?.is_none() {
+                missing.push(request);
+            }
+        }
+        if !missing.is_empty() {
+            created = kafka::ensure_topics(&config, &missing)?;
+        }
     }
     // Topics just created can take a moment to appear in the metadata.
     let appear = if config.create_topics {
@@ -308,43 +342,25 @@ fn run_once(
             }
         }
     }
-    let progress_topic = progress::topic(&config.app_id);
-    if kafka::partition_count(&probe, &progress_topic, timeout)?.is_none() {
-        if !config.create_topics {
-            return Err(KafkaSetupError::MissingOtherTopic {
-                role: "progress",
-                topic: progress_topic,
-                bootstrap: config.bootstrap_servers.clone(),
-                hint: "create it compacted with one partition, or set kafka.create_topics = true",
-            }
-            .into());
+    if kafka::partition_count_after_create(&probe, &progress_topic, timeout, appear)?.is_none() {
+        return Err(KafkaSetupError::MissingOtherTopic {
+            role: "progress",
+            topic: progress_topic,
+            bootstrap: config.bootstrap_servers.clone(),
+            hint: if config.create_topics {
+                "it was created but did not appear in the broker's metadata within 30 s"
+            } else {
+                "create it compacted with one partition, or set kafka.create_topics = true"
+            },
         }
-        kafka::ensure_topics(
-            &config,
-            &[TopicRequest {
-                name: &progress_topic,
-                partitions: 1,
-                // Only each worker's latest record matters.
-                config: vec![("cleanup.policy", "compact")],
-            }],
-        )?;
-        let wait = Duration::from_secs(30);
-        if kafka::partition_count_after_create(&probe, &progress_topic, timeout, wait)?.is_none() {
-            return Err(KafkaSetupError::MissingOtherTopic {
-                role: "progress",
-                topic: progress_topic,
-                bootstrap: config.bootstrap_servers.clone(),
-                hint: "it was created but did not appear in the broker's metadata within 30 s",
-            }
-            .into());
-        }
+        .into());
     }
+    // A progress topic this run created holds no progress: there is nothing to read.
+    let progress_is_new = created.contains(&progress_topic);
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
-    // Global worker indices: process I of a job runs workers I·N .. (I+1)·N.
-    let first_worker = mesh.map_or(0, |m| m.process() * options.workers);
-    let total_workers = options.workers * mesh.map_or(1, Mesh::processes);
-    crate::sink::kafka::fence_workers(&config, first_worker..first_worker + options.workers)?;
+    let prepared = fencing.join().expect("the fencing thread does not panic")?;
+    let prepared = std::sync::Mutex::new(prepared.into_iter().collect::<BTreeMap<_, _>>());
     // No process may read the progress before every process has fenced its zombies.
     if let Some(m) = mesh {
         m.barrier("fenced")?;
@@ -363,6 +379,7 @@ fn run_once(
                 &options,
                 (total_workers, input_partitions),
                 (&probe, &progress_topic, &fingerprint),
+                progress_is_new,
             )?;
             if let Some(m) = mesh {
                 m.share_plan(&plan)?;
@@ -407,6 +424,7 @@ fn run_once(
     let spec = Arc::new(spec);
     let config = Arc::new(config);
     let topics = Arc::new(topics);
+    let prepared = Arc::new(prepared);
     let abort = mesh.map_or_else(|| Arc::new(AtomicBool::new(false)), Mesh::abort_flag);
     // With exactly-once, a job whose commits stall is not ready (see `Metrics::readiness`).
     let max_commit_delay = (config.guarantee == crate::config::Guarantee::ExactlyOnce)
@@ -429,6 +447,7 @@ fn run_once(
                 (&recovery, &starts, &template, &progress_topic),
                 ends.as_ref(),
                 reference.as_ref(),
+                &prepared,
             );
             if result.is_err() {
                 abort.store(true, Ordering::SeqCst);
@@ -475,9 +494,14 @@ fn plan(
     options: &RunOptions,
     (total_workers, input_partitions): (usize, i32),
     (probe, progress_topic, fingerprint): (&rdkafka::consumer::BaseConsumer, &str, &str),
+    progress_is_new: bool,
 ) -> Result<Plan, RunError> {
     let timeout = Duration::from_secs(30);
-    let records = progress::read(config, progress_topic)?;
+    let records = if progress_is_new {
+        BTreeMap::new()
+    } else {
+        progress::read(config, progress_topic)?
+    };
     if !records.is_empty() && options.from.is_some() && !options.reset {
         return Err(RunError::Recovery(format!(
             "application `{}` has committed progress, which --from would override; add \
@@ -633,6 +657,12 @@ fn plan(
     })
 }
 
+/// Worker `index`'s span: every line it writes, and those of the clients it creates,
+/// name it.
+fn worker_span(dataflow: &str, index: usize) -> tracing::Span {
+    tracing::info_span!(parent: None, "worker", dataflow = %dataflow, worker = index)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_worker(
     worker: &mut timely::worker::Worker,
@@ -650,11 +680,11 @@ fn run_worker(
     ),
     ends: Option<&BTreeMap<i32, i64>>,
     reference: Option<&ReferenceTopic>,
+    prepared: &std::sync::Mutex<BTreeMap<usize, PreparedProducer>>,
 ) -> Result<Outcome, String> {
     let index = worker.index();
     let peers = worker.peers();
-    // Every line this worker writes, and those of the clients it creates, names it.
-    let _span = tracing::info_span!("worker", dataflow = %spec.name, worker = index).entered();
+    let _span = worker_span(&spec.name, index).entered();
     let mine: Vec<Position> = (0..input_partitions)
         .filter(|p| *p as usize % peers == index)
         .filter_map(|p| starts.get(&p).copied())
@@ -663,8 +693,17 @@ fn run_worker(
     let topics = Rc::new(Topics::clone(topics));
     // Clients are created before the dataflow so that a failure here fails every worker
     // the same way (they share the config) instead of leaving peers waiting.
-    let writer = Rc::new(RefCell::new(
-        KafkaWriter::new(
+    let producer = prepared.lock().ok().and_then(|mut p| p.remove(&index));
+    let writer = Rc::new(RefCell::new(match producer {
+        Some(producer) => KafkaWriter::with_producer(
+            config,
+            producer,
+            Rc::clone(&topics),
+            progress_topic,
+            index,
+            options.metrics.clone(),
+        ),
+        None => KafkaWriter::new(
             config,
             Rc::clone(&topics),
             progress_topic,
@@ -672,7 +711,7 @@ fn run_worker(
             options.metrics.clone(),
         )
         .map_err(|e| e.to_string())?,
-    ));
+    }));
     // Before anything is read, the worker commits where it starts: a restart before its
     // first regular commit then resumes from the same offsets, even when they were
     // resolved from `latest` or a time, which mean other offsets later. The frontier and

@@ -157,8 +157,12 @@ pub fn connect<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>, t
     }
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
-pub fn ensure_topics(config: &Config, topics: &[TopicRequest<'_>]) -> Result<(), KafkaSetupError> {
+/// Creates the topics that do not exist yet; existing ones are left as they are. Returns
+/// the names of those this call created.
+pub fn ensure_topics(
+    config: &Config,
+    topics: &[TopicRequest<'_>],
+) -> Result<Vec<String>, KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(config)
             .create()
@@ -188,9 +192,13 @@ pub fn ensure_topics(config: &Config, topics: &[TopicRequest<'_>]) -> Result<(),
                 source,
             }
         })?;
+    let mut created = Vec::new();
     for r in results {
         match r {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, "created topic");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(KafkaSetupError::Client {
@@ -200,7 +208,7 @@ pub fn ensure_topics(config: &Config, topics: &[TopicRequest<'_>]) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 #[cfg(test)]

@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
@@ -121,14 +119,25 @@ const PROMPT_FLUSH: Duration = Duration::from_secs(1);
 /// tenth of a flush spins, and it ends at most 10 ms after its last delivery.
 const POLL_STEP: Duration = Duration::from_millis(10);
 
-impl KafkaWriter {
-    /// A writer for `topics` and the job's progress topic.
+/// A worker's producer, created (and, exactly-once, with its transactions initialised)
+/// before the worker starts: [`fence_workers`] makes these while it fences, so a worker
+/// does not initialise its transactions a second time.
+pub struct PreparedProducer {
+    producer: BaseProducer<DeliveryTracker>,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+impl PreparedProducer {
+    /// Worker `worker`'s producer. Exactly-once, `init_transactions` with the worker's
+    /// `transactional.id`, which fences its earlier incarnations; `known_topic` is any
+    /// topic that exists, for [`crate::kafka::connect`]. `span` is the worker's: the
+    /// producer's own thread logs librdkafka's lines inside it.
     pub fn new(
         config: &Config,
-        topics: Rc<Topics>,
-        progress_topic: &str,
+        known_topic: &str,
         worker: usize,
-        metrics: Metrics,
+        metrics: &Metrics,
+        span: tracing::Span,
     ) -> Result<Self, KafkaSetupError> {
         let first_error = Arc::new(Mutex::new(None));
         let mut c = client_config(config);
@@ -167,93 +176,118 @@ impl KafkaWriter {
                     p.reset();
                     p
                 },
-                span: tracing::Span::current(),
+                span,
             })
             .map_err(|source| KafkaSetupError::Client {
                 what: "cannot create the Kafka producer".into(),
                 source,
             })?;
         if transactional {
-            crate::kafka::connect(producer.client(), progress_topic);
+            crate::kafka::connect(producer.client(), known_topic);
             producer
                 .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                 .map_err(|source| KafkaSetupError::Client {
                     what: format!(
-                        "cannot initialise transactions for {}-{worker}",
+                        "cannot initialise transactions for {}-{worker} (which fences its \
+                         earlier instances)",
                         config.app_id
                     ),
                     source,
                 })?;
         }
-        let written = topics.names.iter().map(|t| metrics.written(t)).collect();
-        Ok(KafkaWriter {
-            producer: Arc::new(producer),
-            topics,
-            progress_topic: progress_topic.to_string(),
-            progress_key: format!("worker-{worker}"),
-            transactional,
-            in_transaction: false,
+        Ok(PreparedProducer {
+            producer,
             first_error,
-            written,
-            metrics,
-            committing: None,
         })
     }
 }
 
-/// Completes what earlier incarnations of this job's workers left open: `init_transactions`
-/// with each worker's `transactional.id` aborts a zombie's open transaction and waits for
-/// a commit in flight to be written out. Afterwards the progress topic's committed end is
-/// its end, so reading it is not missing a commit whose markers were still on their way.
-pub fn fence(config: &Config, workers: usize) -> Result<(), KafkaSetupError> {
-    fence_workers(config, 0..workers)
+impl KafkaWriter {
+    /// A writer for `topics` and the job's progress topic.
+    pub fn new(
+        config: &Config,
+        topics: Rc<Topics>,
+        progress_topic: &str,
+        worker: usize,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaSetupError> {
+        let prepared = PreparedProducer::new(
+            config,
+            progress_topic,
+            worker,
+            &metrics,
+            tracing::Span::current(),
+        )?;
+        Ok(Self::with_producer(
+            config,
+            prepared,
+            topics,
+            progress_topic,
+            worker,
+            metrics,
+        ))
+    }
+
+    /// A writer on a producer [`fence_workers`] made for worker `worker`.
+    pub fn with_producer(
+        config: &Config,
+        prepared: PreparedProducer,
+        topics: Rc<Topics>,
+        progress_topic: &str,
+        worker: usize,
+        metrics: Metrics,
+    ) -> Self {
+        let written = topics.names.iter().map(|t| metrics.written(t)).collect();
+        KafkaWriter {
+            producer: Arc::new(prepared.producer),
+            topics,
+            progress_topic: progress_topic.to_string(),
+            progress_key: format!("worker-{worker}"),
+            transactional: config.guarantee == Guarantee::ExactlyOnce,
+            in_transaction: false,
+            first_error: prepared.first_error,
+            written,
+            metrics,
+            committing: None,
+        }
+    }
 }
 
-/// [`fence`] for the global worker indices `workers` only: in a job of several processes,
-/// each fences its own workers, and never a live process's.
+/// Completes what earlier incarnations of the workers `workers` (global indices: in a job
+/// of several processes, each process fences its own) left open, in parallel:
+/// `init_transactions` with each worker's `transactional.id` aborts a zombie's open
+/// transaction and waits for a commit in flight to be written out. Afterwards the progress
+/// topic's committed end is its end, so reading it is not missing a commit whose markers
+/// were still on their way.
+///
+/// Exactly-once, it returns each worker's producer with its transactions initialised, for
+/// [`KafkaWriter::with_producer`]; at-least-once there is nothing to fence and it returns
+/// none. `known_topic` is any topic that exists (see [`PreparedProducer::new`]); `span`
+/// gives each worker's span.
 pub fn fence_workers(
     config: &Config,
     workers: std::ops::Range<usize>,
-) -> Result<(), KafkaSetupError> {
+    known_topic: &str,
+    metrics: &Metrics,
+    span: impl Fn(usize) -> tracing::Span + Sync,
+) -> Result<Vec<(usize, PreparedProducer)>, KafkaSetupError> {
     if config.guarantee != Guarantee::ExactlyOnce {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let span = &span;
     std::thread::scope(|scope| {
         let handles: Vec<_> = workers
             .map(|worker| {
                 scope.spawn(move || {
-                    let mut c = client_config(config);
-                    c.set("transactional.id", format!("{}-{worker}", config.app_id));
-                    for (k, v) in &config.kafka_properties {
-                        c.set(k, v);
-                    }
-                    let what = || {
-                        format!(
-                            "cannot fence earlier instances of {}-{worker}",
-                            config.app_id
-                        )
-                    };
-                    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-                        c.create().map_err(|source| KafkaSetupError::Client {
-                            what: what(),
-                            source,
-                        })?;
-                    crate::kafka::connect(
-                        producer.client(),
-                        &crate::progress::topic(&config.app_id),
-                    );
-                    producer
-                        .init_transactions(Timeout::After(FLUSH_TIMEOUT))
-                        .map_err(|source| KafkaSetupError::Client {
-                            what: what(),
-                            source,
-                        })
+                    PreparedProducer::new(config, known_topic, worker, metrics, span(worker))
+                        .map(|p| (worker, p))
                 })
             })
             .collect();
         handles
             .into_iter()
-            .try_for_each(|h| h.join().expect("a fencing thread does not panic"))
+            .map(|h| h.join().expect("a fencing thread does not panic"))
+            .collect()
     })
 }
 
