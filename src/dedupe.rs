@@ -19,6 +19,12 @@ use hashbrown::HashTable;
 
 /// The flag in [`Entry::len`] of an id seen at more than one time.
 const MORE: u32 = 1 << 31;
+/// The old table's buckets each insert moves while the table grows: the old table has at
+/// most 16/7 buckets per entry it can hold, and the new one holds twice as many, so the
+/// move ends long before the new table fills.
+const MOVE_BUCKETS: usize = 8;
+/// The capacity of a partition's first table.
+const FIRST_CAPACITY: usize = 1024;
 
 /// One remembered id: where its bytes are in [`Seen`]'s buffer, 32 bits of its hash, and
 /// the first event time it was seen at; 24 bytes, because the table is most of a
@@ -62,6 +68,12 @@ fn spread(h: u32) -> u64 {
 /// buffer grows again: a fresh buffer per sweep was regrown by doubling, each time into
 /// fresh pages (a twentieth of a worker's time in a profile).
 ///
+/// The table grows without a pause: when it is full, it becomes the old table, a new one
+/// of twice its capacity takes the inserts, and each insert moves the entries of a few of
+/// the old table's buckets over ([`MOVE_BUCKETS`]), until none is left. Lookups try both.
+/// A table grown in one step moved every entry at once: at a million ids that held the
+/// worker for over 100 ms, and every partition of a worker grows at about the same time.
+///
 /// Hashed with foldhash (randomly seeded): SipHash was most of dedupe's cost. The table's
 /// order reaches no output.
 #[derive(Debug, Default)]
@@ -69,6 +81,9 @@ pub struct Seen {
     horizon: u64,
     keep: u64,
     ids: HashTable<Entry>,
+    /// The table being moved into `ids`, from bucket `moved` on; empty when none is.
+    old: HashTable<Entry>,
+    moved: usize,
     bytes: String,
     /// The buffer the next sweep copies into; empty between sweeps.
     spare: String,
@@ -98,9 +113,11 @@ impl Seen {
             .expect("an id fits in a Kafka record, under 2 GiB");
         let hash = (self.hasher.hash_one(id) >> 32) as u32;
         let bytes = &self.bytes;
-        let found = self
-            .ids
-            .find_mut(spread(hash), |e| e.hash == hash && &bytes[e.range()] == id);
+        let matches = |e: &Entry| e.hash == hash && &bytes[e.range()] == id;
+        let found = match self.ids.find_mut(spread(hash), matches) {
+            Some(entry) => Some(entry),
+            None => self.old.find_mut(spread(hash), matches),
+        };
         let Some(entry) = found else {
             let start = self.bytes.len() as u64;
             self.bytes.push_str(id);
@@ -110,6 +127,7 @@ impl Seen {
                 hash,
                 len,
             };
+            self.make_room();
             self.ids
                 .insert_unique(spread(hash), entry, |e| spread(e.hash));
             return false;
@@ -133,6 +151,31 @@ impl Seen {
         repeat
     }
 
+    /// Before an insert: starts growing a full table, or moves a few more of the old
+    /// table's buckets.
+    fn make_room(&mut self) {
+        if self.old.is_empty() {
+            if self.ids.len() == self.ids.capacity() {
+                let capacity = (2 * self.ids.capacity()).max(FIRST_CAPACITY);
+                self.old = std::mem::replace(&mut self.ids, HashTable::with_capacity(capacity));
+                self.moved = 0;
+            }
+            return;
+        }
+        let end = (self.moved + MOVE_BUCKETS).min(self.old.num_buckets());
+        for bucket in self.moved..end {
+            if let Ok(entry) = self.old.get_bucket_entry(bucket) {
+                let (entry, _) = entry.remove();
+                self.ids
+                    .insert_unique(spread(entry.hash), entry, |e| spread(e.hash));
+            }
+        }
+        self.moved = end;
+        if end == self.old.num_buckets() {
+            self.old = HashTable::new();
+        }
+    }
+
     /// Forgets what no record judged against `watermark` or later can repeat. Sweeps at
     /// most once per `horizon` of watermark progress, so the cost per record stays small.
     pub fn forget_before(&mut self, watermark: u64) {
@@ -140,6 +183,11 @@ impl Seen {
             return;
         }
         self.swept_at = watermark;
+        // A growth under way ends here: the sweep goes over every entry anyway.
+        for entry in std::mem::take(&mut self.old).into_iter() {
+            self.ids
+                .insert_unique(spread(entry.hash), entry, |e| spread(e.hash));
+        }
         let oldest = watermark.saturating_sub(self.keep);
         let mut more = std::mem::take(&mut self.more);
         let mut bytes = std::mem::take(&mut self.spare);
@@ -183,12 +231,12 @@ impl Seen {
 
     /// How many ids are remembered.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.len() + self.old.len()
     }
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 }
 
@@ -247,6 +295,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_table_grows_a_few_buckets_per_insert_and_finds_every_id_meanwhile() {
+        let mut s = Seen::new(u64::MAX / 4, 0);
+        let mut growths = 0;
+        for i in 0..20_000u64 {
+            let (moving, capacity, old) = (!s.old.is_empty(), s.ids.capacity(), s.old.len());
+            assert!(!s.repeat(&format!("id-{i}"), i), "id-{i} is new");
+            if moving {
+                assert!(
+                    old - s.old.len() <= MOVE_BUCKETS,
+                    "insert {i} moved {} entries",
+                    old - s.old.len()
+                );
+                assert_eq!(
+                    s.ids.capacity(),
+                    capacity,
+                    "the new table does not grow while the old one is moved into it"
+                );
+            } else if !s.old.is_empty() {
+                growths += 1;
+            }
+            assert_eq!(s.len() as u64, i + 1);
+            if i % 97 == 0 {
+                for j in (0..=i).step_by(331) {
+                    assert!(s.repeat(&format!("id-{j}"), j), "id-{j} is found after {i}");
+                }
+            }
+        }
+        assert!(growths >= 4, "the table grew {growths} times");
+    }
+
     proptest::proptest! {
         /// With times in order and the watermark at the newest one, forgetting loses no
         /// match: the table agrees with a naive scan of every earlier record, through
@@ -267,6 +346,29 @@ mod tests {
                     .any(|(e, t)| *e == id && t.abs_diff(time) <= 1_000);
                 proptest::prop_assert_eq!(s.repeat(&id, time), naive, "{} at {}", id, time);
                 earlier.push((id, time));
+            }
+        }
+
+        /// The same through the table's growth: thousands of ids, some repeated, with
+        /// sweeps that can fall while the old table is still being moved.
+        #[test]
+        fn agrees_with_a_naive_scan_while_the_table_grows(
+            steps in proptest::collection::vec((0u16..6_000, 0u64..40), 4_000..5_000)
+        ) {
+            // About 2,000 records per horizon: the table outgrows its first capacity
+            // (1,792 entries) between sweeps.
+            let mut s = Seen::new(40_000, 0);
+            let mut last: HashMap<String, Vec<u64>> = HashMap::new();
+            let mut time = 0u64;
+            for (id, step) in steps {
+                time += step;
+                let id = format!("id-{id}");
+                s.forget_before(time);
+                let naive = last
+                    .get(&id)
+                    .is_some_and(|ts| ts.iter().any(|t| t.abs_diff(time) <= 40_000));
+                proptest::prop_assert_eq!(s.repeat(&id, time), naive, "{} at {}", id, time);
+                last.entry(id).or_default().push(time);
             }
         }
     }
