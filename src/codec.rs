@@ -734,12 +734,54 @@ fn json_string<'a>(name: &str, raw: &'a str, plain: bool) -> Result<Cow<'a, str>
 /// Parses an exact decimal: plain (`-12.50`) or scientific (`1.5e3`) notation, within
 /// ±[`MAX_ABS_DECIMAL`]. `NaN`, infinities and anything rust_decimal cannot hold are refused.
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
+    if let Some(d) = plain_decimal(text) {
+        return Some(d);
+    }
     let d = if text.contains(['e', 'E']) {
         Decimal::from_scientific(text).ok()?
     } else {
         Decimal::from_str_exact(text).ok()?
     };
     (d.abs() <= MAX_ABS_DECIMAL).then_some(d)
+}
+
+/// The common case of [`parse_decimal`] without rust_decimal's general parser: `-?D(.D)?`
+/// with at most 18 digits in all (so within ±[`MAX_ABS_DECIMAL`], and the mantissa fits
+/// an `i64`), read straight into mantissa and scale, as `from_str_exact` reads it: the
+/// scale is the number of fraction digits, leading zeros add nothing. `None` for anything
+/// else, negative zero included, which the general parser then reads (or refuses).
+fn plain_decimal(text: &str) -> Option<Decimal> {
+    let b = text.as_bytes();
+    let (negative, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut mantissa = 0i64;
+    let mut count = 0u32;
+    let mut scale = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + i64::from(c - b'0');
+                count += 1;
+            }
+            b'.' if scale.is_none() && i > 0 && i + 1 < digits.len() => {
+                scale = Some(digits.len() - i - 1);
+            }
+            _ => return None,
+        }
+        if count > 18 {
+            return None;
+        }
+    }
+    if negative && mantissa == 0 {
+        return None;
+    }
+    let mantissa = if negative { -mantissa } else { mantissa };
+    Some(Decimal::new(mantissa, scale.unwrap_or(0) as u32))
 }
 
 impl FromStr for ErrorKind {
@@ -773,6 +815,73 @@ mod tests {
     }
 
     const GOOD: &str = r#"{"trade_id":"TRX-123456","timestamp":"2026-01-13T14:30:45.123Z","amount":50000,"symbol":"AAPL","status":"pending"}"#;
+
+    /// What rust_decimal's own parsers make of `text`, as `parse_decimal` did before its
+    /// fast path.
+    fn general_decimal(text: &str) -> Option<Decimal> {
+        let d = if text.contains(['e', 'E']) {
+            Decimal::from_scientific(text).ok()?
+        } else {
+            Decimal::from_str_exact(text).ok()?
+        };
+        (d.abs() <= MAX_ABS_DECIMAL).then_some(d)
+    }
+
+    proptest::proptest! {
+        /// The fast path reads what the general parsers read, to the same mantissa, scale
+        /// and sign (`serialize` is all three), and refuses what they refuse.
+        #[test]
+        fn plain_decimals_read_as_rust_decimal_reads_them(
+            text in r"-?[0-9]{0,20}(\.[0-9]{0,20})?|[-+0-9.e_ ]{0,12}"
+        ) {
+            let fast = plain_decimal(&text);
+            let general = general_decimal(&text);
+            if let Some(d) = fast {
+                proptest::prop_assert_eq!(
+                    general.map(|g| g.serialize()),
+                    Some(d.serialize()),
+                    "{:?}",
+                    text
+                );
+            }
+            proptest::prop_assert_eq!(
+                parse_decimal(&text).map(|d| d.serialize()),
+                general.map(|g| g.serialize()),
+                "{:?}",
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn plain_decimals_take_the_fast_path() {
+        for text in [
+            "0",
+            "7",
+            "50000",
+            "-12.50",
+            "0.001",
+            "999999999999999999",
+            "007.10",
+        ] {
+            assert!(plain_decimal(text).is_some(), "{text}");
+        }
+        for text in [
+            "-0",
+            "-0.00",
+            "1e3",
+            "+5",
+            ".5",
+            "5.",
+            "1_000",
+            "",
+            "-",
+            "1.2.3",
+            "9999999999999999999",
+        ] {
+            assert!(plain_decimal(text).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn decodes_the_founding_example() {

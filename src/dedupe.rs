@@ -22,7 +22,7 @@ const MORE: u32 = 1 << 31;
 /// The old table's buckets each insert moves while the table grows: the old table has at
 /// most 16/7 buckets per entry it can hold, and the new one holds twice as many, so the
 /// move ends long before the new table fills.
-const MOVE_BUCKETS: usize = 8;
+const MOVE_BUCKETS: usize = 32;
 /// The capacity of a partition's first table.
 const FIRST_CAPACITY: usize = 1024;
 
