@@ -202,6 +202,15 @@ pub enum Accepted {
 }
 
 const BATCH: usize = 4096;
+
+/// Consecutive records of one partition in a poll: where the partition stands after them,
+/// and how many records and bytes they were.
+struct Run {
+    partition: i32,
+    next: i64,
+    records: u64,
+    bytes: u64,
+}
 /// Events are sent on in containers of this many, each allocated at its full size: grown
 /// one push at a time, a batch's container was reallocated and copied a dozen times,
 /// and at its final size it was large enough that each one was fresh pages from the
@@ -343,6 +352,17 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             let now = Instant::now();
             let rejected_at = now_ms();
             let mut decoded = 0u64;
+            // The run of records of one partition being read: its position and counts go
+            // to `next`, `moved` and the metrics when the run ends, not once per record.
+            let mut run: Option<Run> = None;
+            let mut end_run = |run: Run| {
+                next.insert(run.partition, run.next);
+                moved.insert(run.partition);
+                if let Some(c) = counters.get(&run.partition) {
+                    c.records.inc_by(run.records);
+                    c.bytes.inc_by(run.bytes);
+                }
+            };
             let read = reader.poll(BATCH, &mut |polled| match polled {
                 Polled::End(p) => watermarks.finish(p),
                 // Input partitions turn idle by `idle_timeout` only; the sink learns that
@@ -352,15 +372,26 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     if let Some(t) = r.timestamp_ms.filter(|t| *t > 0) {
                         fetch.observe(rejected_at.saturating_sub(t as u64) as f64 / 1000.0);
                     }
-                    if let Some(c) = counters.get(&r.partition) {
-                        c.records.inc();
-                        c.bytes.inc_by(
-                            (r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len))
-                                as u64,
-                        );
+                    let bytes =
+                        (r.key.map_or(0, <[u8]>::len) + r.payload.map_or(0, <[u8]>::len)) as u64;
+                    match run.as_mut() {
+                        Some(run) if run.partition == r.partition => {
+                            run.next = r.offset + 1;
+                            run.records += 1;
+                            run.bytes += bytes;
+                        }
+                        _ => {
+                            let started = Run {
+                                partition: r.partition,
+                                next: r.offset + 1,
+                                records: 1,
+                                bytes,
+                            };
+                            if let Some(ended) = run.replace(started) {
+                                end_run(ended);
+                            }
+                        }
                     }
-                    next.insert(r.partition, r.offset + 1);
-                    moved.insert(r.partition);
                     let source =
                         || SourceRef::new(&topic, r.partition, r.offset, r.timestamp_ms, r.key);
                     // Looked up only when the dataflow takes correlation ids from a header.
@@ -507,6 +538,9 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     watermarks.advance(r.partition, r.offset + 1);
                 }
             });
+            if let Some(ended) = run {
+                end_run(ended);
+            }
             fetch.flush();
 
             if let Some((data_cap, _, positions_cap)) = caps.as_ref() {
