@@ -272,7 +272,11 @@ pub fn sink<'s, W: Writer + 'static>(
         let mut known = Notes::default();
         let mut frontiers = config.recovered_frontiers.clone();
         let mut committed = recovered;
-        let mut last_commit = Instant::now();
+        // Commits start every commit interval, counted from the last one's start (a commit
+        // that takes longer is followed at once); prompt ones wait a gap after the last
+        // one's end, so that they never run back to back.
+        let mut last_started = Instant::now();
+        let mut last_ended = last_started;
         let mut in_flight: Option<InFlight> = None;
         // Per output time: when its first output reached the sink, and when the frontier
         // passed it; for `waterline_stage_latency_seconds`.
@@ -343,7 +347,8 @@ pub fn sink<'s, W: Writer + 'static>(
                             );
                             tracing::debug!(frontier = commit.frontier, "committed");
                             committed = commit.frontier;
-                            last_commit = Instant::now();
+                            last_started = commit.started;
+                            last_ended = Instant::now();
                             state.borrow_mut().committed = committed;
                             if let Some(cap) = commits_cap.as_mut() {
                                 commits_out.activate().session(cap).give((me, committed));
@@ -360,10 +365,9 @@ pub fn sink<'s, W: Writer + 'static>(
                         }
                     }
                 }
-                let since = last_commit.elapsed();
                 let due = frontier == u64::MAX
-                    || since >= config.commit_interval
-                    || (since >= prompt_gap && prompt_now(&pending, frontier));
+                    || last_started.elapsed() >= config.commit_interval
+                    || (last_ended.elapsed() >= prompt_gap && prompt_now(&pending, frontier));
                 if !(frontier > committed && due) {
                     break;
                 }
@@ -440,12 +444,15 @@ pub fn sink<'s, W: Writer + 'static>(
             } else if in_flight.is_some() {
                 activator.activate_after(COMMIT_POLL);
             } else if frontier > committed {
-                let gap = if prompt_now(&pending, frontier) {
-                    prompt_gap
+                let regular = config
+                    .commit_interval
+                    .saturating_sub(last_started.elapsed());
+                let wait = if prompt_now(&pending, frontier) {
+                    regular.min(prompt_gap.saturating_sub(last_ended.elapsed()))
                 } else {
-                    config.commit_interval
+                    regular
                 };
-                activator.activate_after(gap.saturating_sub(last_commit.elapsed()));
+                activator.activate_after(wait);
             }
         }
     });
