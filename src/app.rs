@@ -233,6 +233,90 @@ pub fn run(spec: PipelineSpec, config: Config, options: RunOptions) -> Result<Ou
     }
 }
 
+/// Creates the missing output and progress topics (with `kafka.create_topics`) and waits
+/// for them to appear. Returns the output topics' partition counts, and whether this call
+/// created the progress topic.
+fn set_up_topics(
+    spec: &PipelineSpec,
+    config: &Config,
+    probe: &rdkafka::consumer::BaseConsumer,
+    progress_topic: &str,
+    timeout: Duration,
+) -> Result<(BTreeMap<String, i32>, bool), KafkaSetupError> {
+    let provisional = Topics::new(spec, |_| spec.output.partitions);
+    // Only missing topics are asked for, all in one request: asking to create existing
+    // ones costs a client and a round trip to the controller.
+    let mut created = Vec::new();
+    if config.create_topics {
+        let max_bytes = MAX_MESSAGE_BYTES.to_string();
+        let mut requests: Vec<TopicRequest> = provisional
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| TopicRequest {
+                name,
+                partitions: spec.output.partitions,
+                config: if i as u16 == provisional.dead_letter {
+                    vec![("max.message.bytes", max_bytes.as_str())]
+                } else {
+                    vec![]
+                },
+            })
+            .collect();
+        requests.push(TopicRequest {
+            name: progress_topic,
+            partitions: 1,
+            // Only each worker's latest record matters.
+            config: vec![("cleanup.policy", "compact")],
+        });
+        let mut missing = Vec::new();
+        for request in requests {
+            if kafka::partition_count(probe, request.name, timeout)?.is_none() {
+                missing.push(request);
+            }
+        }
+        if !missing.is_empty() {
+            created = kafka::ensure_topics(config, &missing)?;
+        }
+    }
+    // Topics just created can take a moment to appear in the metadata.
+    let appear = if config.create_topics {
+        Duration::from_secs(30)
+    } else {
+        Duration::ZERO
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for name in &provisional.names {
+        match kafka::partition_count_after_create(probe, name, timeout, appear)? {
+            Some(n) => {
+                counts.insert(name.clone(), n);
+            }
+            None => {
+                return Err(KafkaSetupError::MissingOtherTopic {
+                    role: "output",
+                    topic: name.clone(),
+                    bootstrap: config.bootstrap_servers.clone(),
+                    hint: "create it, or set kafka.create_topics = true",
+                });
+            }
+        }
+    }
+    if kafka::partition_count_after_create(probe, progress_topic, timeout, appear)?.is_none() {
+        return Err(KafkaSetupError::MissingOtherTopic {
+            role: "progress",
+            topic: progress_topic.to_string(),
+            bootstrap: config.bootstrap_servers.clone(),
+            hint: if config.create_topics {
+                "it was created but did not appear in the broker's metadata within 30 s"
+            } else {
+                "create it compacted with one partition, or set kafka.create_topics = true"
+            },
+        });
+    }
+    // A progress topic this run created holds no progress: there is nothing to read.
+    Ok((counts, created.iter().any(|t| t == progress_topic)))
+}
+
 /// What every process of a run starts from. Process 0 decides it for a job of several.
 #[derive(Debug, Serialize, Deserialize)]
 struct Plan {
@@ -282,85 +366,14 @@ fn run_once(
         })
     };
 
-    let provisional = Topics::new(&spec, |_| spec.output.partitions);
     let progress_topic = progress::topic(&config.app_id);
-    // Only missing topics are asked for, all in one request: asking to create existing
-    // ones costs a client and a round trip to the controller.
-    let mut created = Vec::new();
-    if config.create_topics {
-        let max_bytes = MAX_MESSAGE_BYTES.to_string();
-        let mut requests: Vec<TopicRequest> = provisional
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| TopicRequest {
-                name,
-                partitions: spec.output.partitions,
-                config: if i as u16 == provisional.dead_letter {
-                    vec![("max.message.bytes", max_bytes.as_str())]
-                } else {
-                    vec![]
-                },
-            })
-            .collect();
-        requests.push(TopicRequest {
-            name: &progress_topic,
-            partitions: 1,
-            // Only each worker's latest record matters.
-            config: vec![("cleanup.policy", "compact")],
-        });
-        let mut missing = Vec::new();
-        for request in requests {
-            if kafka::partition_count(&probe, request.name, timeout)?.is_none() {
-                missing.push(request);
-            }
-        }
-        if !missing.is_empty() {
-            created = kafka::ensure_topics(&config, &missing)?;
-        }
-    }
-    // Topics just created can take a moment to appear in the metadata.
-    let appear = if config.create_topics {
-        Duration::from_secs(30)
-    } else {
-        Duration::ZERO
-    };
-    let mut counts = std::collections::BTreeMap::new();
-    for name in &provisional.names {
-        match kafka::partition_count_after_create(&probe, name, timeout, appear)? {
-            Some(n) => {
-                counts.insert(name.clone(), n);
-            }
-            None => {
-                return Err(KafkaSetupError::MissingOtherTopic {
-                    role: "output",
-                    topic: name.clone(),
-                    bootstrap: config.bootstrap_servers.clone(),
-                    hint: "create it, or set kafka.create_topics = true",
-                }
-                .into());
-            }
-        }
-    }
-    if kafka::partition_count_after_create(&probe, &progress_topic, timeout, appear)?.is_none() {
-        return Err(KafkaSetupError::MissingOtherTopic {
-            role: "progress",
-            topic: progress_topic,
-            bootstrap: config.bootstrap_servers.clone(),
-            hint: if config.create_topics {
-                "it was created but did not appear in the broker's metadata within 30 s"
-            } else {
-                "create it compacted with one partition, or set kafka.create_topics = true"
-            },
-        }
-        .into());
-    }
-    // A progress topic this run created holds no progress: there is nothing to read.
-    let progress_is_new = created.contains(&progress_topic);
+    let set_up = set_up_topics(&spec, &config, &probe, &progress_topic, timeout);
+    // Joined whatever the set-up's outcome, so that a retry never fences alongside it.
+    let fenced = fencing.join().expect("the fencing thread does not panic");
+    let (counts, progress_is_new) = set_up?;
     let topics = Topics::new(&spec, |name| counts.get(name).copied().unwrap_or(1));
     let fingerprint = progress::fingerprint(&spec);
-    let prepared = fencing.join().expect("the fencing thread does not panic")?;
-    let prepared = std::sync::Mutex::new(prepared.into_iter().collect::<BTreeMap<_, _>>());
+    let prepared = std::sync::Mutex::new(fenced?.into_iter().collect::<BTreeMap<_, _>>());
     // No process may read the progress before every process has fenced its zombies.
     if let Some(m) = mesh {
         m.barrier("fenced")?;

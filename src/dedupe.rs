@@ -57,6 +57,11 @@ fn spread(h: u32) -> u64 {
     u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// Inserts `entry`, which is not in `table` yet.
+fn put(table: &mut HashTable<Entry>, entry: Entry) {
+    table.insert_unique(spread(entry.hash), entry, |e| spread(e.hash));
+}
+
 /// The ids one partition has seen, with their event times.
 ///
 /// Nearly every record brings a new id, so what an id costs to remember is what dedupe
@@ -128,8 +133,7 @@ impl Seen {
                 len,
             };
             self.make_room();
-            self.ids
-                .insert_unique(spread(hash), entry, |e| spread(e.hash));
+            put(&mut self.ids, entry);
             return false;
         };
         let near = |t: &u64| t.abs_diff(time) <= self.horizon;
@@ -165,9 +169,7 @@ impl Seen {
         let end = (self.moved + MOVE_BUCKETS).min(self.old.num_buckets());
         for bucket in self.moved..end {
             if let Ok(entry) = self.old.get_bucket_entry(bucket) {
-                let (entry, _) = entry.remove();
-                self.ids
-                    .insert_unique(spread(entry.hash), entry, |e| spread(e.hash));
+                put(&mut self.ids, entry.remove().0);
             }
         }
         self.moved = end;
@@ -184,9 +186,8 @@ impl Seen {
         }
         self.swept_at = watermark;
         // A growth under way ends here: the sweep goes over every entry anyway.
-        for entry in std::mem::take(&mut self.old).into_iter() {
-            self.ids
-                .insert_unique(spread(entry.hash), entry, |e| spread(e.hash));
+        for entry in std::mem::take(&mut self.old) {
+            put(&mut self.ids, entry);
         }
         let oldest = watermark.saturating_sub(self.keep);
         let mut more = std::mem::take(&mut self.more);

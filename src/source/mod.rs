@@ -203,14 +203,6 @@ pub enum Accepted {
 
 const BATCH: usize = 4096;
 
-/// Consecutive records of one partition in a poll: where the partition stands after them,
-/// and how many records and bytes they were.
-struct Run {
-    partition: i32,
-    next: i64,
-    records: u64,
-    bytes: u64,
-}
 /// Events are sent on in containers of this many, each allocated at its full size: grown
 /// one push at a time, a batch's container was reallocated and copied a dozen times,
 /// and at its final size it was large enough that each one was fresh pages from the
@@ -219,6 +211,15 @@ const CHUNK: usize = 512;
 const IDLE_POLL: Duration = Duration::from_millis(5);
 /// How often a source reports its partitions' positions and watermarks to the metrics.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Consecutive records of one partition in a poll: where the partition stands after them,
+/// and how many records and bytes they were.
+struct Run {
+    partition: i32,
+    next: i64,
+    records: u64,
+    bytes: u64,
+}
 
 /// What a source worker tells the others about its watermark, so that a worker whose
 /// partitions are all idle can follow the rest instead of holding the frontier back.
