@@ -107,6 +107,10 @@ pub fn partition_count(
 /// The number of partitions of `topic`, waiting up to `wait` for it to appear: a topic
 /// just created is not in every broker's metadata at once, and a busy broker can take
 /// seconds to list it.
+///
+/// The pause between looks starts at 5 ms and doubles up to 100 ms: a broker usually lists
+/// a topic within milliseconds of creating it, and a fixed 100 ms pause was most of a new
+/// application's start-up (a run of 2M trades started in 0.22 s, 0.1 s of it here).
 pub fn partition_count_after_create(
     consumer: &BaseConsumer,
     topic: &str,
@@ -114,6 +118,7 @@ pub fn partition_count_after_create(
     wait: Duration,
 ) -> Result<Option<i32>, KafkaSetupError> {
     let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
     loop {
         if let Some(n) = partition_count(consumer, topic, timeout)? {
             return Ok(Some(n));
@@ -121,7 +126,8 @@ pub fn partition_count_after_create(
         if start.elapsed() >= wait {
             return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -191,7 +197,12 @@ pub fn ensure_topics(
                 what: "cannot create topics".into(),
                 source,
             }
-        })?;
+        });
+    // Dropping an admin client waits for its polling thread, which looks for a stop every
+    // 100 ms: 70–100 ms of a new application's start-up went there. A thread of its own
+    // drops it instead.
+    std::thread::spawn(move || drop(admin));
+    let results = results?;
     let mut created = Vec::new();
     for r in results {
         match r {
