@@ -449,6 +449,7 @@ fn run_once(
         let options = options.clone();
         let abort = Arc::clone(&abort);
         move |worker: &mut timely::worker::Worker| {
+            let _panic = AbortOnPanic(&abort);
             let result = run_worker(
                 worker,
                 &spec,
@@ -496,6 +497,19 @@ fn run_once(
     match first_error {
         Some(e) => Err(e),
         None => Ok(outcome),
+    }
+}
+
+/// Tells the other workers to stop when a worker's thread unwinds from a panic. They would
+/// otherwise wait for its progress forever, and the process would hang instead of failing
+/// (and restarting from the committed progress).
+struct AbortOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -921,5 +935,44 @@ mod tests {
         // partition 3 has no end and so nothing to read.
         let ends = BTreeMap::from([(0, 110), (1, 5), (2, 40)]);
         assert_eq!(planned_records(&starts, &ends), 105);
+    }
+
+    /// A worker that panics tells the others, which stop instead of waiting for it.
+    #[test]
+    fn a_panicking_worker_stops_the_others() {
+        let abort = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&abort);
+        let guards = timely::execute(timely::Config::process(2), move |worker| {
+            let _panic = AbortOnPanic(&flag);
+            let index = worker.index();
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                use timely::dataflow::operators::{Input, Probe};
+                let (input, stream) = scope.new_input::<Vec<u64>>();
+                (input, stream.probe().0)
+            });
+            input.send(1);
+            input.advance_to(1);
+            if index == 0 {
+                while probe.less_than(&1) {
+                    worker.step();
+                }
+                panic!("worker 0 fails");
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !flag.load(Ordering::SeqCst) {
+                assert!(std::time::Instant::now() < deadline, "never told to stop");
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            // As `run_worker` does: the dataflow can never complete without worker 0.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            "stopped"
+        })
+        .expect("timely starts");
+        let joined = guards.join();
+        assert!(joined[0].is_err(), "worker 0 panicked");
+        assert_eq!(joined[1], Ok("stopped"));
+        assert!(abort.load(Ordering::SeqCst));
     }
 }

@@ -21,7 +21,7 @@
 //! late record) are `debug`, never `info` or above.
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -48,7 +48,11 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // stderr, clearing and redrawing a progress bar around each line.
-        .with_writer(crate::progress_bar::log_writer);
+        .with_writer(crate::progress_bar::log_writer)
+        // A line that cannot be written (stderr closed: a log shipper gone, `| head`) is
+        // lost, and the run goes on. tracing-subscriber would otherwise report it with
+        // `eprintln!`, which panics when stderr is closed, on whichever thread logged.
+        .log_internal_errors(false);
     let installed = match format {
         LogFormat::Json => {
             let result = builder
@@ -103,7 +107,10 @@ pub fn fatal(message: &str) {
             init(LogFormat::Json, "info");
             tracing::error!(exit_code = 1, "{message}");
         }
-        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Text => {
+            // Nothing is left to tell if stderr is closed; the exit code still says it.
+            let _ = writeln!(std::io::stderr(), "error: {message}");
+        }
     }
 }
 

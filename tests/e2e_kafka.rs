@@ -299,6 +299,70 @@ fn window_starts(topic: &str) -> Vec<u64> {
     starts
 }
 
+/// A run whose stderr is closed under it (a log shipper gone, `| head`) loses its log
+/// lines and nothing else: it completes, exits 0, and commits every result. Until the log
+/// writer ignored failed writes, the first line a worker logged after the close panicked
+/// that worker, and the other waited for it forever.
+#[test]
+fn a_closed_stderr_loses_log_lines_not_the_run() {
+    use std::io::BufRead;
+    const PARTITIONS: usize = 4;
+    let data = trades(77, PARTITIONS, 3_000);
+    let (input, out, dlq, late) = (unique("quiet"), unique("w"), unique("d"), unique("l"));
+    create_topic(&input, PARTITIONS as i32);
+    let (records, inputs) = split(data);
+    produce(&input, &records);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let mut child = waterline_binary()
+        .args([
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "2",
+        ])
+        .args(["--until", "end"])
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", unique("quiet-app"))
+        // Each dead letter and late record is a line from a worker thread.
+        .env("RUST_LOG", "waterline=debug,warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("waterline starts");
+    let stderr = child.stderr.take().expect("a piped stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let assigned = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("worker assigned"));
+    assert!(assigned, "a worker started before stderr closed");
+    drop(lines);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("SIGKILL");
+            panic!("the run hung after its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "the run completes with stderr closed: {status}"
+    );
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
+    assert!(!expected.dead.is_empty() && !expected.late.is_empty());
+    assert_matches(
+        &committed(&out, &dlq, &late),
+        &expected,
+        "a run whose stderr closed",
+    );
+}
+
 #[test]
 fn produce_generates_trades_and_sends_files() {
     let topic = unique("produce");
