@@ -131,6 +131,34 @@ pub fn partition_count_after_create(
     }
 }
 
+/// The low and high watermarks of `topic`/`partition`, asking again for up to 10 s while
+/// the broker says the partition has no leader yet. A topic another process of the job
+/// has just created is listed in the metadata a moment before its partitions lead:
+/// that answer is `NotLeaderForPartition`, and it is not a failure of the run.
+pub fn settled_watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    use rdkafka::error::KafkaError;
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A topic to create if missing.
 pub struct TopicRequest<'a> {
     /// Name.
@@ -142,7 +170,8 @@ pub struct TopicRequest<'a> {
 }
 
 /// Waits until `client` has a connection to a broker it learned from the metadata, not
-/// only to a bootstrap address: call it before `init_transactions`.
+/// only to a bootstrap address: call it before `init_transactions`, and before an
+/// idempotent producer's first records.
 ///
 /// librdkafka (2.10 and later) retires its bootstrap connections once the metadata names
 /// the brokers, and connects to those afresh. A transactional producer that asks for its

@@ -348,8 +348,7 @@ pub fn read(config: &Config, topic: &str) -> Result<BTreeMap<usize, Progress>, K
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let (_, high) = ends_consumer
-            .fetch_watermarks(topic, p, timeout)
+        let (_, high) = crate::kafka::settled_watermarks(&ends_consumer, topic, p, timeout)
             .map_err(|source| KafkaSetupError::Client {
                 what: format!("cannot read the end of {topic}/{p}"),
                 source,
