@@ -353,8 +353,8 @@ fn run_once(
     // Global worker indices: process I of a job runs workers I·N .. (I+1)·N.
     let first_worker = mesh.map_or(0, |m| m.process() * options.workers);
     let total_workers = options.workers * mesh.map_or(1, Mesh::processes);
-    // Exactly-once, this process's workers fence their earlier incarnations and get their
-    // producers meanwhile: both the topics and the fencing wait on the broker.
+    // This process's workers get their producers (exactly-once: fencing their earlier
+    // incarnations) meanwhile: both the topics and the producers wait on the broker.
     let fencing = {
         let (config, metrics) = (config.clone(), options.metrics.clone());
         let (input, dataflow) = (spec.input.topic.clone(), spec.name.clone());

@@ -182,8 +182,9 @@ impl PreparedProducer {
                 what: "cannot create the Kafka producer".into(),
                 source,
             })?;
+        // Idempotent producers acquire a producer id too, with the same retry timers.
+        crate::kafka::connect(producer.client(), known_topic);
         if transactional {
-            crate::kafka::connect(producer.client(), known_topic);
             producer
                 .init_transactions(Timeout::After(FLUSH_TIMEOUT))
                 .map_err(|source| KafkaSetupError::Client {
@@ -260,9 +261,11 @@ impl KafkaWriter {
 /// topic's committed end is its end, so reading it is not missing a commit whose markers
 /// were still on their way.
 ///
-/// Exactly-once, it returns each worker's producer with its transactions initialised, for
-/// [`KafkaWriter::with_producer`]; at-least-once there is nothing to fence and it returns
-/// none. `known_topic` is any topic that exists (see [`PreparedProducer::new`]); `span`
+/// It returns each worker's producer, connected and, exactly-once, with its transactions
+/// initialised, for [`KafkaWriter::with_producer`]. At-least-once there is nothing to
+/// fence, but the producers are still made here, beside the topic set-up: an idempotent
+/// producer's first flush otherwise waited up to 500 ms for its producer id (see
+/// [`crate::kafka::connect`]). `known_topic` is any topic that exists (see [`PreparedProducer::new`]); `span`
 /// gives each worker's span.
 pub fn fence_workers(
     config: &Config,
@@ -271,9 +274,6 @@ pub fn fence_workers(
     metrics: &Metrics,
     span: impl Fn(usize) -> tracing::Span + Sync,
 ) -> Result<Vec<(usize, PreparedProducer)>, KafkaSetupError> {
-    if config.guarantee != Guarantee::ExactlyOnce {
-        return Ok(Vec::new());
-    }
     let span = &span;
     std::thread::scope(|scope| {
         let handles: Vec<_> = workers
