@@ -265,8 +265,8 @@ impl KafkaWriter {
 /// initialised, for [`KafkaWriter::with_producer`]. At-least-once there is nothing to
 /// fence, but the producers are still made here, beside the topic set-up: an idempotent
 /// producer's first flush otherwise waited up to 500 ms for its producer id (see
-/// [`crate::kafka::connect`]). `known_topic` is any topic that exists (see [`PreparedProducer::new`]); `span`
-/// gives each worker's span.
+/// [`crate::kafka::connect`]). `known_topic` is any topic that exists (see
+/// [`PreparedProducer::new`]); `span` gives each worker's span.
 pub fn fence_workers(
     config: &Config,
     workers: std::ops::Range<usize>,
