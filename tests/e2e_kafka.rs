@@ -778,3 +778,98 @@ fn a_failed_commit_restarts_the_run_in_process_and_stays_exact() {
         "after a failed commit",
     );
 }
+
+/// At-least-once, a commit whose outputs the broker refuses must not leave a progress
+/// record behind that covers them: the restart would start past those outputs, and they
+/// would never be written. Here the dead-letter topic refuses every batch at first
+/// (`max.message.bytes` below any dead letter's size), so the commits fail and the run
+/// restarts in process; once the topic takes them again, the run must complete with every
+/// output present (repeats allowed: at-least-once).
+#[test]
+fn an_at_least_once_commit_whose_outputs_are_refused_loses_none_of_them() {
+    use std::io::BufRead;
+    const PARTITIONS: usize = 4;
+    let (input, out, dlq, late) = (unique("refused"), unique("o"), unique("d"), unique("l"));
+    create_topic(&input, PARTITIONS as i32);
+    create_topic_with(&dlq, 1, &[("max.message.bytes", "100")]);
+    let (records, inputs) = split(trades(53, PARTITIONS, 4_000));
+    produce(&input, &records);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
+    let mut child = waterline_binary()
+        .args([
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "2",
+        ])
+        .args(["--until", "end", "--guarantee", "at-least-once"])
+        .args(["--commit-interval", "50ms"])
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", unique("refused-app"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("waterline starts");
+    let stderr = child.stderr.take().expect("a piped stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("no restart after a refused delivery:\n{}", log.join("\n"))
+            });
+        let restarted = line.contains("restarting from the committed progress");
+        log.push(line);
+        if restarted {
+            break;
+        }
+    }
+    alter_topic(&dlq, &[("max.message.bytes", "16777216")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("SIGKILL");
+            panic!("the run did not complete once the topic took its outputs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().expect("the stderr reader ends with the run");
+    log.extend(lines.try_iter());
+    let log = log.join("\n");
+    assert!(status.success(), "the run completes: {status}\n{log}");
+    assert!(
+        log.contains(&format!("delivery to {dlq}")) && log.contains("too large"),
+        "the restarts were for the refused dead letters:\n{log}"
+    );
+    let expected = recompute_deduped(&inputs, TRADES_OOO_MS, &[TRADES_WINDOW], TRADES_DEDUPE);
+    assert!(!expected.dead.is_empty());
+    let (got, repeats) = committed_allowing_repeats(&out, &dlq, &late);
+    report(&format!(
+        "refused outputs, at-least-once: {} dead letters expected, {} outputs written again \
+         after the restarts",
+        expected.dead.len(),
+        repeats
+    ));
+    assert_matches(
+        &got,
+        &expected,
+        "after commits whose dead letters were refused",
+    );
+}

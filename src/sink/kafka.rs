@@ -5,15 +5,17 @@
 //! (`transactional.id = <app_id>-<worker>`; `init_transactions` fences any zombie of an
 //! earlier incarnation), and each commit is one transaction holding the outputs and the
 //! progress record. At-least-once: the idempotent producer, and a commit is a flush
-//! followed by the progress record. Delivery failures fail the commit: an output that could
-//! not be written is never silently dropped.
+//! followed by the progress record, which is sent only once every output before it has
+//! been delivered. Delivery failures fail the commit: an output that could not be written
+//! is never silently dropped.
 //!
-//! Commits run off the worker thread. [`Writer::start_commit`] sends the progress record
-//! and hands the flush and `commit_transaction` (which wait for the broker: a few tens of
-//! milliseconds per commit on a busy broker, see [`flush`]) to a thread of their own; the
-//! sink keeps buffering outputs meanwhile and writes nothing until [`Writer::finish_commit`]
-//! reports the outcome, so a transaction holds exactly what it held before, while the
-//! worker goes on reading and computing instead of waiting.
+//! Commits run off the worker thread. Exactly-once, [`Writer::start_commit`] sends the
+//! progress record into the transaction; then the flush and `commit_transaction`
+//! (at-least-once: the flush, the progress record and its own flush), which wait for the
+//! broker (a few tens of milliseconds per commit on a busy broker, see [`flush`]), run on a
+//! thread of their own; the sink keeps buffering outputs meanwhile and writes nothing until
+//! [`Writer::finish_commit`] reports the outcome, so a transaction holds exactly what it
+//! held before, while the worker goes on reading and computing instead of waiting.
 
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -330,13 +332,22 @@ fn flush(producer: &BaseProducer<DeliveryTracker>) -> rdkafka::error::KafkaResul
     Ok(())
 }
 
-/// The part of a commit that waits for the broker, on the commit thread: flush (and with
-/// exactly-once, commit the transaction), then check the deliveries. Returns the outcome
-/// and whether the transaction is still open.
+/// A progress record, written when a commit's outputs are delivered.
+struct ProgressRecord {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+}
+
+/// The part of a commit that waits for the broker, on the commit thread: flush, then
+/// exactly-once commit the transaction (which holds the progress record already), or
+/// at-least-once write `deferred`, the progress record, and flush again; then check the
+/// deliveries. Returns the outcome and whether the transaction is still open.
 fn finish(
     producer: &BaseProducer<DeliveryTracker>,
     transactional: bool,
     first_error: &Mutex<Option<String>>,
+    deferred: Option<ProgressRecord>,
 ) -> (Result<(), String>, bool) {
     crate::fault::point("before-commit");
     if transactional && crate::fault::fails("commit-fails") {
@@ -362,17 +373,48 @@ fn finish(
             return (Err(message), true);
         }
     }
-    let failed = first_error
-        .lock()
-        .expect("no thread panics holding the delivery lock")
-        .take();
-    match failed {
+    if let Some(progress) = deferred {
+        // Sent with the outputs, the progress record could land while one of them failed
+        // (refused by its partition's leader, on this broker or another): the restart
+        // would then start past that output, and it would never be written at all.
+        if let Some(e) = take_failure(first_error) {
+            return (Err(e), false);
+        }
+        let mut record = BaseRecord::<str, [u8]>::to(&progress.topic)
+            .partition(0)
+            .key(&progress.key)
+            .payload(&progress.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return (Err(format!("cannot write the progress record: {e}")), false);
+                }
+            }
+        }
+        if let Err(e) = flush(producer) {
+            return (Err(format!("producer flush failed: {e}")), false);
+        }
+    }
+    match take_failure(first_error) {
         Some(e) => (Err(e), false),
         None => {
             crate::fault::point("after-commit");
             (Ok(()), false)
         }
     }
+}
+
+/// The first delivery failure since it was last taken, if any.
+fn take_failure(first_error: &Mutex<Option<String>>) -> Option<String> {
+    first_error
+        .lock()
+        .expect("no thread panics holding the delivery lock")
+        .take()
 }
 
 impl KafkaWriter {
@@ -466,13 +508,22 @@ impl Writer for KafkaWriter {
         );
         self.begin()?;
         let payload = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
-        let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
-            .partition(0)
-            .key(&self.progress_key)
-            .payload(&payload);
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
+        let deferred = if self.transactional {
+            let record = BaseRecord::<str, [u8]>::to(&self.progress_topic)
+                .partition(0)
+                .key(&self.progress_key)
+                .payload(&payload);
+            self.producer
+                .send(record)
+                .map_err(|(e, _)| format!("cannot write the progress record: {e}"))?;
+            None
+        } else {
+            Some(ProgressRecord {
+                topic: self.progress_topic.clone(),
+                key: self.progress_key.clone(),
+                payload,
+            })
+        };
         let producer = Arc::clone(&self.producer);
         let first_error = Arc::clone(&self.first_error);
         let transactional = self.transactional;
@@ -481,7 +532,7 @@ impl Writer for KafkaWriter {
             .name("waterline-commit".into())
             .spawn(move || {
                 let _span = span.entered();
-                finish(&producer, transactional, &first_error)
+                finish(&producer, transactional, &first_error, deferred)
             })
             .map_err(|e| format!("cannot start the commit thread: {e}"))?;
         self.committing = Some(thread);

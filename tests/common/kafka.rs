@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -74,6 +76,40 @@ pub fn create_topic(name: &str, partitions: i32) {
         .expect("create_topics answers");
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+}
+
+/// Creates `name` with topic settings `config` (the broker's defaults for the others).
+pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = config.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |topic, (k, v)| topic.set(k, v),
+    );
+    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .expect("create_topics answers");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+}
+
+/// Changes settings of topic `name` while it is in use (Kafka's dynamic topic configs).
+pub fn alter_topic(name: &str, config: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let change = config.iter().fold(
+        AlterConfig::new(ResourceSpecifier::Topic(name)),
+        |change, (k, v)| change.set(k, v),
+    );
+    let results = futures_executor::block_on(admin.alter_configs([&change], &AdminOptions::new()))
+        .expect("alter_configs answers");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot alter {t:?}: {e}"));
     }
 }
 
@@ -311,6 +347,33 @@ pub fn committed(out: &str, dlq: &str, late: &str) -> Expected {
         absorb(&mut got, role(&topic, out, dlq), &payload);
     }
     got
+}
+
+/// Everything committed to a job's output, dead-letter and late topics, each output once:
+/// what an at-least-once run wrote again after a restart must repeat what it wrote
+/// before (a window result with other totals panics).
+pub fn committed_allowing_repeats(out: &str, dlq: &str, late: &str) -> (Expected, usize) {
+    let mut got = Expected::default();
+    let mut repeats = 0;
+    for (topic, _, payload) in consume_all(&[out, dlq, late]) {
+        let mut one = Expected::default();
+        absorb(&mut one, role(&topic, out, dlq), &payload);
+        let before = got.dead.len() + got.late.len() + got.windows.len();
+        got.dead.append(&mut one.dead);
+        got.late.append(&mut one.late);
+        for (id, totals) in one.windows {
+            if let Some(earlier) = got.windows.insert(id.clone(), totals) {
+                assert_eq!(
+                    earlier, totals,
+                    "window {id:?} written again with other totals"
+                );
+            }
+        }
+        if got.dead.len() + got.late.len() + got.windows.len() == before {
+            repeats += 1;
+        }
+    }
+    (got, repeats)
 }
 
 /// The role of a topic among a job's outputs.
