@@ -32,7 +32,11 @@
 //!    round by round (baseline 1 thread, 2 threads, at-least-once, exactly-once, then
 //!    again), and the table shows each one's median run by wall time, with every run's
 //!    wall time listed below it: one slow moment of a shared machine does not decide a
-//!    ratio.
+//!    ratio. Before them, `WATERLINE_BENCH_WARM_UP` rounds (default 2) of the 2-thread
+//!    baseline, at-least-once and exactly-once run and are discarded: they warm the
+//!    broker's JIT compiler, which on a broker just started took as much CPU as the run
+//!    itself, on the same cores (see `warm_up_rounds`). The broker's CPU seconds during
+//!    each run are in the table too, when it runs on this machine.
 //! 4. The maximum rate, live: the backfill rate is not one a live run sustains here, since
 //!    a live feed also needs the feeder and the broker's produce path, on the same cores.
 //!    So `waterline run` exactly-once, as shipped, on a fresh topic fed at 1.5 × the
@@ -185,7 +189,25 @@ fn main() {
     // slow moment of the machine does not decide a ratio; the table shows each one's
     // median run.
     let rounds = rounds();
+    let warm_up = warm_up_rounds();
     let mut runs: Vec<Vec<Row>> = (0..4).map(|_| Vec::new()).collect();
+    let mut warm_up_walls = Vec::new();
+    for round in 0..warm_up {
+        let first = baseline_row(&bootstrap, &dir, &topic, WORKERS, records, rounds + round);
+        warm_up_walls.push(first.run.wall_s);
+        for guarantee in ["at-least-once", "exactly-once"] {
+            let r = waterline_row(
+                &bootstrap,
+                &dir,
+                &topic,
+                guarantee,
+                records,
+                rounds + round,
+                &mut made,
+            );
+            warm_up_walls.push(r.run.wall_s);
+        }
+    }
     for round in 0..rounds {
         for (i, threads) in [1, WORKERS].into_iter().enumerate() {
             runs[i].push(baseline_row(
@@ -278,6 +300,7 @@ fn main() {
     print_report(
         &rows,
         &walls,
+        &warm_up_walls,
         &latency,
         &saturation,
         &feed,
@@ -555,6 +578,16 @@ fn waterline_row(
     }
 }
 
+/// Rounds run before the measured ones and discarded: `WATERLINE_BENCH_WARM_UP`, default 2.
+/// The broker is a JVM: on a broker just started, its JIT compiler took 2 CPU seconds in
+/// the first waterline run and 0.5–0.8 s in each of the next four, on the cores the run
+/// shares, and the run's wall time fell from 3.8 s to 2.0 s over those runs. The baseline
+/// hardly exercises the broker (plain fetches), so a cold broker slowed waterline's rows
+/// alone.
+fn warm_up_rounds() -> usize {
+    env_number("WATERLINE_BENCH_WARM_UP", 2) as usize
+}
+
 /// How many times each throughput row runs: `WATERLINE_BENCH_ROUNDS`, default 3.
 fn rounds() -> usize {
     env_number("WATERLINE_BENCH_ROUNDS", 3).max(1) as usize
@@ -585,6 +618,7 @@ type Latency<'a> = (&'a str, &'a str, f64, common::Latencies);
 fn print_report(
     rows: &[Row],
     walls: &[String],
+    warm_up_walls: &[f64],
     latency: &[Latency],
     saturation: &Saturation,
     feed: &Feed,
@@ -601,9 +635,9 @@ fn print_report(
     );
     println!(
         "| run | events/s | excl. start-up | × baseline ({WORKERS} threads) | wall s | CPU s | \
-         events per CPU-s | peak RSS | p50 | p99 |"
+         broker CPU s | events per CPU-s | peak RSS | p50 | p99 |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let steady = r.steady_rate();
         let ms = |q| {
@@ -612,7 +646,7 @@ fn print_report(
                 .map_or_else(|| "—".to_string(), |l| format!("{:.0} ms", quantile(l, q)))
         };
         println!(
-            "| {} | {:.0} | {} | {:.2}× ({}) | {:.2} | {:.2} | {:.0} | {:.1} MiB | {} | {} |",
+            "| {} | {:.0} | {} | {:.2}× ({}) | {:.2} | {:.2} | {} | {:.0} | {:.1} MiB | {} | {} |",
             r.label,
             r.rate(),
             steady.map_or_else(|| "?".to_string(), |s| format!("{s:.0}")),
@@ -622,6 +656,9 @@ fn print_report(
                 .map_or_else(|| "?".to_string(), |(s, b)| format!("{:.2}×", s / b)),
             r.run.wall_s,
             r.run.cpu_s,
+            r.run
+                .broker_cpu_s
+                .map_or_else(|| "?".to_string(), |b| format!("{b:.2}")),
             r.events as f64 / r.run.cpu_s.max(0.01),
             r.run.peak_rss_kib as f64 / 1024.0,
             ms(0.5),
@@ -642,6 +679,19 @@ fn print_report(
     for w in walls {
         println!("- {w}");
     }
+    if !warm_up_walls.is_empty() {
+        let each: Vec<String> = warm_up_walls.iter().map(|w| format!("{w:.2}")).collect();
+        println!(
+            "- before them, {} warm-up rounds (baseline 2 threads, at-least-once, exactly-once; \
+             discarded): {} s",
+            warm_up_rounds(),
+            each.join(", ")
+        );
+    }
+    println!(
+        "\nCPU s: the run's own; broker CPU s: the broker's meanwhile (when it runs on this \
+         machine), on the same cores."
+    );
     println!();
     println!(
         "Live maximum (exactly-once, as shipped, {SATURATION_SECS} s): offered {:.0}/s \
@@ -781,10 +831,11 @@ fn print_report(
     }
     println!(
         "\nReproduce: WATERLINE_BENCH_MILLIONS={} WATERLINE_BENCH_LATENCY_SECS={latency_secs} \
-         WATERLINE_BENCH_LATENCY_SHARE={latency_share} WATERLINE_BENCH_ROUNDS={}{} \
-         scripts/bench.sh",
+         WATERLINE_BENCH_LATENCY_SHARE={latency_share} WATERLINE_BENCH_ROUNDS={} \
+         WATERLINE_BENCH_WARM_UP={}{} scripts/bench.sh",
         records as f64 / 1e6,
         rounds(),
+        warm_up_rounds(),
         std::env::var("WATERLINE_BENCH_SET").map_or_else(
             |_| String::new(),
             |s| format!(" WATERLINE_BENCH_SET=\"{s}\"")

@@ -2,11 +2,12 @@
 # The end-to-end benchmark (benches/e2e.rs): in one run, against a real Apache Kafka broker,
 # a bare librdkafka consumer (the input side's limit) and waterline's trades dataflow,
 # at-least-once and exactly-once, on the same pre-produced topic; then the most exactly-once
-# sustains live (fed more than it takes), and end-to-end latency at half that. Prints a markdown table (events/s, ratio to the baseline, CPU
-# seconds, events per CPU-second, peak RSS, latency p50/p99), a latency table and the
-# target checks as PASS/MISS lines.
+# sustains live (fed more than it takes), and end-to-end latency at half that. Prints a
+# markdown table (events/s, ratio to the baseline, CPU seconds of the run and of the broker,
+# events per CPU-second, peak RSS, latency p50/p99), a latency table and the target checks
+# as PASS/MISS lines.
 #
-#   scripts/bench.sh                      # 2 million trades, 3 rounds, 20 s per latency mode: ~8 min
+#   scripts/bench.sh                      # 2 million trades, 3 rounds, 20 s per latency mode: ~9 min
 #   WATERLINE_BENCH_MILLIONS=0.3 WATERLINE_BENCH_LATENCY_SECS=10 scripts/bench.sh
 #
 # Settings (environment):
@@ -16,6 +17,8 @@
 #   WATERLINE_BENCH_LATENCY_SECS  measured seconds per latency mode (default 20)
 #   WATERLINE_BENCH_ROUNDS        runs of each throughput row, interleaved; the table shows
 #                                 each row's median (default 3)
+#   WATERLINE_BENCH_WARM_UP       rounds run first and discarded, to warm the broker's JIT
+#                                 (default 2)
 #   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
 #                                 (default 0.5)
 #

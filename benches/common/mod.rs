@@ -149,6 +149,9 @@ pub struct Measured {
     /// Epoch ms at spawn and at exit.
     pub spawned_ms: i64,
     pub exited_ms: i64,
+    /// CPU seconds the broker used meanwhile, when it runs on this machine
+    /// ([`broker_cpu_secs`]): its share of the cores the run had.
+    pub broker_cpu_s: Option<f64>,
 }
 
 /// Spawns `command`, samples its `VmHWM` every 10 ms until it exits (the high-water mark
@@ -158,6 +161,7 @@ pub struct Measured {
 /// for. Fails the bench, naming `log`, if it does not exit successfully.
 pub fn measure(mut command: Command, log: &Path, mut watch: impl FnMut()) -> Measured {
     let cpu_before = children_cpu_secs();
+    let broker_before = broker_cpu_secs();
     let spawned_ms = now_ms();
     let started = Instant::now();
     let mut child = Running(command.spawn().expect("the command starts"));
@@ -185,7 +189,36 @@ pub fn measure(mut command: Command, log: &Path, mut watch: impl FnMut()) -> Mea
         peak_rss_kib,
         spawned_ms,
         exited_ms,
+        broker_cpu_s: broker_before
+            .zip(broker_cpu_secs())
+            .map(|(before, after)| after - before),
     }
+}
+
+/// User + system CPU seconds so far of the Apache Kafka broker running on this machine
+/// (the process whose command line runs `kafka.Kafka`, as `scripts/kafka.sh` starts it),
+/// or `None` when there is none here (a remote broker) or more than one.
+pub fn broker_cpu_secs() -> Option<f64> {
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let is_broker = cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka");
+        if !is_broker {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // Fields after the command name: state is field 3, utime and stime 14 and 15.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+        found = Some((ticks(14)? + ticks(15)?) / rustix::param::clock_ticks_per_second() as f64);
+    }
+    found
 }
 
 /// User + system CPU seconds of this process's waited-for descendants so far.
