@@ -19,6 +19,8 @@
 #                                 each row's median (default 3)
 #   WATERLINE_BENCH_WARM_UP       rounds run first and discarded, to warm the broker's JIT
 #                                 (default 2)
+#   WATERLINE_BENCH_PRECREATE     1 (default): each waterline run's output topics are created
+#                                 just before it, as set-up; 0: the run creates them
 #   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
 #                                 (default 0.5)
 #
