@@ -11,7 +11,7 @@
 //!    offsets it had at start, counting records and bytes, nothing else) with the consumer
 //!    settings of waterline's source (`src/source/kafka.rs`: `read_committed`,
 //!    `enable.partition.eof`, `fetch.queue.backoff.ms = 10`, `queued.min.messages = 10000`,
-//!    librdkafka's default fetch sizes), in 2 threads
+//!    and `src/kafka.rs`: `socket.nagle.disable`; librdkafka's default fetch sizes), in 2 threads
 //!    (waterline's 2 workers; thread t reads partitions p with p % 2 = t, one consumer
 //!    each, as waterline's workers do) and in 1 thread. It runs in a child process (this
 //!    bench's own binary), so its CPU time and peak RSS are measured like waterline's.
@@ -460,6 +460,7 @@ fn read_partitions(
         .set("auto.offset.reset", "earliest")
         .set("fetch.queue.backoff.ms", "10")
         .set("queued.min.messages", "10000")
+        .set("socket.nagle.disable", "true")
         .set("client.id", format!("{topic}-baseline-{thread}"))
         .create()
         .expect("a consumer with valid settings");
