@@ -299,6 +299,51 @@ fn window_starts(topic: &str) -> Vec<u64> {
     starts
 }
 
+/// `waterline run --dataflow <dataflow> -w 2 <args>` as application `app`, with `RUST_LOG`
+/// = `log` and stderr piped for the test to read.
+fn spawn_run(
+    dataflow: &std::path::Path,
+    app: &str,
+    args: &[&str],
+    log: &str,
+) -> std::process::Child {
+    waterline_binary()
+        .args([
+            "run",
+            "--dataflow",
+            dataflow.to_str().expect("utf-8"),
+            "-w",
+            "2",
+        ])
+        .args(args)
+        .env("KAFKA_BOOTSTRAP", bootstrap())
+        .env("WATERLINE_APP_ID", app)
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("waterline starts")
+}
+
+/// Waits up to `within` for `child` to exit; kills it and fails with `hung` otherwise.
+fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    hung: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("SIGKILL");
+            panic!("{hung}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A run whose stderr is closed under it (a log shipper gone, `| head`) loses its log
 /// lines and nothing else: it completes, exits 0, and commits every result. Until the log
 /// writer ignored failed writes, the first line a worker logged after the close panicked
@@ -314,23 +359,13 @@ fn a_closed_stderr_loses_log_lines_not_the_run() {
     produce(&input, &records);
     let dir = tempfile::tempdir().expect("temp dir");
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
-    let mut child = waterline_binary()
-        .args([
-            "run",
-            "--dataflow",
-            dataflow.to_str().expect("utf-8"),
-            "-w",
-            "2",
-        ])
-        .args(["--until", "end"])
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", unique("quiet-app"))
-        // Each dead letter and late record is a line from a worker thread.
-        .env("RUST_LOG", "waterline=debug,warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("waterline starts");
+    // Each dead letter and late record is a line from a worker thread.
+    let mut child = spawn_run(
+        &dataflow,
+        &unique("quiet-app"),
+        &["--until", "end"],
+        "waterline=debug,warn",
+    );
     let stderr = child.stderr.take().expect("a piped stderr");
     let mut lines = std::io::BufReader::new(stderr).lines();
     let assigned = lines
@@ -339,17 +374,11 @@ fn a_closed_stderr_loses_log_lines_not_the_run() {
         .any(|line| line.contains("worker assigned"));
     assert!(assigned, "a worker started before stderr closed");
     drop(lines);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().expect("SIGKILL");
-            panic!("the run hung after its stderr closed");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(
+        &mut child,
+        Duration::from_secs(120),
+        "the run hung after its stderr closed",
+    );
     assert!(
         status.success(),
         "the run completes with stderr closed: {status}"
@@ -796,23 +825,19 @@ fn an_at_least_once_commit_whose_outputs_are_refused_loses_none_of_them() {
     produce(&input, &records);
     let dir = tempfile::tempdir().expect("temp dir");
     let dataflow = trades_dataflow(dir.path(), &input, &out, &dlq, &late);
-    let mut child = waterline_binary()
-        .args([
-            "run",
-            "--dataflow",
-            dataflow.to_str().expect("utf-8"),
-            "-w",
-            "2",
-        ])
-        .args(["--until", "end", "--guarantee", "at-least-once"])
-        .args(["--commit-interval", "50ms"])
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", unique("refused-app"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("waterline starts");
+    let mut child = spawn_run(
+        &dataflow,
+        &unique("refused-app"),
+        &[
+            "--until",
+            "end",
+            "--guarantee",
+            "at-least-once",
+            "--commit-interval",
+            "50ms",
+        ],
+        "warn",
+    );
     let stderr = child.stderr.take().expect("a piped stderr");
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -839,17 +864,11 @@ fn an_at_least_once_commit_whose_outputs_are_refused_loses_none_of_them() {
         }
     }
     alter_topic(&dlq, &[("max.message.bytes", "16777216")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().expect("SIGKILL");
-            panic!("the run did not complete once the topic took its outputs");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(
+        &mut child,
+        Duration::from_secs(180),
+        "the run did not complete once the topic took its outputs",
+    );
     reader.join().expect("the stderr reader ends with the run");
     log.extend(lines.try_iter());
     let log = log.join("\n");
