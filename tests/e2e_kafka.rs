@@ -300,14 +300,15 @@ fn window_starts(topic: &str) -> Vec<u64> {
 }
 
 /// `waterline run --dataflow <dataflow> -w 2 <args>` as application `app`, with `RUST_LOG`
-/// = `log` and stderr piped for the test to read.
-fn spawn_run(
+/// = `log` and stdout discarded; the caller says where stderr goes.
+fn run_command(
     dataflow: &std::path::Path,
     app: &str,
     args: &[&str],
     log: &str,
-) -> std::process::Child {
-    waterline_binary()
+) -> std::process::Command {
+    let mut command = waterline_binary();
+    command
         .args([
             "run",
             "--dataflow",
@@ -319,7 +320,18 @@ fn spawn_run(
         .env("KAFKA_BOOTSTRAP", bootstrap())
         .env("WATERLINE_APP_ID", app)
         .env("RUST_LOG", log)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// [`run_command`], spawned with stderr piped for the test to read.
+fn spawn_run(
+    dataflow: &std::path::Path,
+    app: &str,
+    args: &[&str],
+    log: &str,
+) -> std::process::Child {
+    run_command(dataflow, app, args, log)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("waterline starts")
@@ -489,19 +501,7 @@ fn sigkill_chaos_keeps_outputs_exactly_once() {
     let app = unique("chaos-app");
     let log = dir.path().join("run.log");
     let spawn = |extra: &[&str]| {
-        waterline_binary()
-            .args([
-                "run",
-                "--dataflow",
-                dataflow.to_str().expect("utf-8"),
-                "-w",
-                "2",
-            ])
-            .args(extra)
-            .env("KAFKA_BOOTSTRAP", bootstrap())
-            .env("WATERLINE_APP_ID", &app)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+        run_command(&dataflow, &app, extra, "warn")
             // A file, not a pipe: an unread pipe would block the run once full.
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
