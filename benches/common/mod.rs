@@ -391,9 +391,11 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     create_topics(bootstrap, &[(topic, partitions, &[])]);
 }
 
-/// Creates `topics` (name, partitions, topic configs), empty, in one request, and waits
-/// until the broker lists each of them.
-pub fn create_topics(bootstrap: &str, topics: &[(&str, i32, &[(&str, &str)])]) {
+/// A topic to create: its name, partitions and topic configs.
+pub type NewTopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+/// Creates `topics`, empty, in one request, and waits until the broker lists each of them.
+pub fn create_topics(bootstrap: &str, topics: &[NewTopicSpec<'_>]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
