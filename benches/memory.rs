@@ -29,7 +29,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -67,57 +67,29 @@ fn main() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .expect("admin client");
-    let input = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))
-        .set("retention.ms", "120000")
-        .set("segment.bytes", "8388608")
-        .set("segment.ms", "60000");
     let outputs = [
         format!("{topic}-windows"),
         format!("{topic}-dlq"),
         format!("{topic}-late"),
     ];
     let progress_topic = format!("{app_id}.progress");
-    let mut new: Vec<NewTopic> = vec![input];
-    for name in &outputs {
-        new.push(
-            NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1))
-                .set("max.message.bytes", "16777216"),
-        );
-    }
-    new.push(
-        NewTopic::new(&progress_topic, 1, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact"),
+    let output_config: &[(&str, &str)] = &[("max.message.bytes", "16777216")];
+    let mut topics: Vec<common::NewTopicSpec> = vec![(
+        &topic,
+        PARTITIONS,
+        &[
+            ("retention.ms", "120000"),
+            ("segment.bytes", "8388608"),
+            ("segment.ms", "60000"),
+        ],
+    )];
+    topics.extend(
+        outputs
+            .iter()
+            .map(|name| (name.as_str(), PARTITIONS, output_config)),
     );
-    let created = futures_executor::block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .expect("create_topics answers");
-    for r in created {
-        r.expect("the benchmark's topics are created");
-    }
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("metadata consumer");
-    let visible_by = Instant::now() + Duration::from_secs(120);
-    for name in std::iter::once(&topic)
-        .chain(&outputs)
-        .chain(std::iter::once(&progress_topic))
-    {
-        loop {
-            let md = probe
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .ok();
-            let ready = md.is_some_and(|md| {
-                md.topics()
-                    .iter()
-                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-            });
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < visible_by, "topic {name} never appeared");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    topics.push((&progress_topic, 1, &[("cleanup.policy", "compact")]));
+    common::create_topics(&bootstrap, &topics);
 
     let dataflow = dir.join("all_windows.toml");
     let text = include_str!("dataflows/all_windows.toml")
