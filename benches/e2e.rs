@@ -78,6 +78,11 @@
 //! latency table below it has every set. The run fails (non-zero) if a run dies, reads
 //! fewer records than were produced, or a latency sample set is empty.
 //!
+//! `WATERLINE_BENCH_LATENCY_RATE` (records/s) measures only the latency sets of step 5, fed
+//! at that rate: no topic is pre-produced, no throughput row or live maximum is run, and
+//! the report has the latency tables and checks alone. It reproduces a latency figure at
+//! a given rate in about 3 minutes.
+//!
 //! `WATERLINE_BENCH_SET` (settings separated by spaces) is passed to every `waterline run`
 //! of the bench as `--set` flags, to measure other settings against the same baseline:
 //! e.g. `WATERLINE_BENCH_SET="kafka.properties.fetch.wait.max.ms=10"`.
@@ -182,8 +187,27 @@ fn main() {
     let bootstrap = bootstrap();
     let topic = format!("bench-e2e-{}", now_ms());
     let dir = bench_dir("e2e");
-    let mut made: Vec<String> = vec![topic.clone()];
+    let mut made: Vec<String> = Vec::new();
 
+    // Latency alone, at a rate given instead of half the live maximum measured here.
+    if let Some(rate) = latency_rate() {
+        let feed = live_feed(rate);
+        let latency = latency_sets(&bootstrap, &dir, &topic, &feed, latency_secs, &mut made);
+        println!(
+            "\n## waterline latency: fed at {:.0}/s (WATERLINE_BENCH_LATENCY_RATE), {PARTITIONS} \
+             partitions, {WORKERS} workers, commit interval {COMMIT_INTERVAL}, Apache Kafka at \
+             {bootstrap}\n",
+            feed.rate
+        );
+        print_latency(&latency, latency_secs);
+        print_latency_checks(&latency);
+        print_reproduce(records, latency_secs);
+        delete_topics(&bootstrap, &made);
+        std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
+        return;
+    }
+
+    made.push(topic.clone());
     let started = Instant::now();
     fill_topic(
         &bootstrap,
@@ -237,29 +261,6 @@ fn main() {
     // The most exactly-once sustains live: fed at 1.5 × its backfill rate (excluding
     // start-up, unless the run ended before its metrics were first scraped).
     let eo_rate = rows[3].steady_rate().unwrap_or_else(|| rows[3].rate());
-    let live_feed = |rate: f64| Feed {
-        rate: rate.max(100.0),
-        partitions: PARTITIONS,
-        keys: 100,
-        invalid: 0.01,
-    };
-    let run_args = |guarantee: &str| -> Vec<String> {
-        [
-            "run",
-            "-w",
-            &WORKERS.to_string(),
-            "--guarantee",
-            guarantee,
-            "--commit-interval",
-            COMMIT_INTERVAL,
-            "--log-level",
-            "warn",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain(extra_settings())
-        .collect()
-    };
     let probe = format!("{topic}-live-max");
     made.extend(live_topics(&probe));
     let saturation = saturation_run(&LatencyRun {
@@ -275,19 +276,85 @@ fn main() {
     });
     eprintln!("e2e: live maximum, exactly-once: {saturation:?}");
     let feed = live_feed(saturation.sustained() * latency_share);
-    // (guarantee, out-of-orderness label, ms, dead letters, window results, fed rate)
-    let mut latency = Vec::new();
+    let latency = latency_sets(&bootstrap, &dir, &topic, &feed, latency_secs, &mut made);
     for (row, guarantee) in [(3, "exactly-once"), (2, "at-least-once")] {
+        let shipped = latency
+            .iter()
+            .find(|(g, _, ooo_ms, _)| *g == guarantee && *ooo_ms == SHIPPED_OOO_MS);
+        rows[row].latency = shipped.map(|(_, _, _, l)| l.dead_letters.clone());
+    }
+
+    print_throughput(&rows, &walls, &warm_up_walls, &feed, records, &bootstrap);
+    print_saturation(&saturation);
+    print_latency(&latency, latency_secs);
+    print_throughput_checks(&rows);
+    print_latency_checks(&latency);
+    print_reproduce(records, latency_secs);
+    delete_topics(&bootstrap, &made);
+    std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
+}
+
+/// `WATERLINE_BENCH_LATENCY_RATE`: when set, the bench measures only the latency sets,
+/// fed at this many records/s, instead of everything at half the live maximum.
+fn latency_rate() -> Option<f64> {
+    let rate = env_f64("WATERLINE_BENCH_LATENCY_RATE", 0.0);
+    assert!(
+        rate >= 0.0,
+        "WATERLINE_BENCH_LATENCY_RATE is a rate in records/s"
+    );
+    (rate > 0.0).then_some(rate)
+}
+
+/// A live feed at `rate`: 100 symbols, 1% invalid.
+fn live_feed(rate: f64) -> Feed {
+    Feed {
+        rate: rate.max(100.0),
+        partitions: PARTITIONS,
+        keys: 100,
+        invalid: 0.01,
+    }
+}
+
+/// The arguments of a live `waterline run` with `guarantee`.
+fn run_args(guarantee: &str) -> Vec<String> {
+    [
+        "run",
+        "-w",
+        &WORKERS.to_string(),
+        "--guarantee",
+        guarantee,
+        "--commit-interval",
+        COMMIT_INTERVAL,
+        "--log-level",
+        "warn",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain(extra_settings())
+    .collect()
+}
+
+/// The four latency sets, each on fresh topics fed with `feed`: exactly-once and
+/// at-least-once, with the dataflow as shipped and with 100 ms out-of-orderness.
+fn latency_sets<'a>(
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    feed: &Feed,
+    latency_secs: u64,
+    made: &mut Vec<String>,
+) -> Vec<Latency<'a>> {
+    let mut latency = Vec::new();
+    for guarantee in ["exactly-once", "at-least-once"] {
         for (ooo, ooo_ms) in [("5s", SHIPPED_OOO_MS), ("100ms", 100.0)] {
             let live = format!("{topic}-live-{guarantee}-{ooo}");
             made.extend(live_topics(&live));
-            let args = run_args(guarantee);
             let new_ooo = format!("max_out_of_orderness = \"{ooo}\"");
             let l = latency_run(&LatencyRun {
-                bootstrap: &bootstrap,
-                dir: &dir,
+                bootstrap,
+                dir,
                 topic: &live,
-                args: &args,
+                args: &run_args(guarantee),
                 changes: &[("max_out_of_orderness = \"5s\"", &new_ooo)],
                 feed: feed.clone(),
                 windows: Some(WINDOW),
@@ -301,27 +368,10 @@ fn main() {
                 l.windows.len(),
                 l.fed_rate
             );
-            if ooo_ms == SHIPPED_OOO_MS {
-                let r: &mut Row = &mut rows[row];
-                r.latency = Some(l.dead_letters.clone());
-            }
             latency.push((guarantee, ooo, ooo_ms, l));
         }
     }
-
-    print_report(
-        &rows,
-        &walls,
-        &warm_up_walls,
-        &latency,
-        &saturation,
-        &feed,
-        records,
-        latency_secs,
-        &bootstrap,
-    );
-    delete_topics(&bootstrap, &made);
-    std::fs::remove_dir_all(&dir).expect("the bench's own directory can be removed");
+    latency
 }
 
 /// `--set` flags for every run, from `WATERLINE_BENCH_SET`.
@@ -663,16 +713,13 @@ fn medians(runs: Vec<Vec<Row>>) -> (Vec<Row>, Vec<String>) {
 
 type Latency<'a> = (&'a str, &'a str, f64, common::Latencies);
 
-#[allow(clippy::too_many_arguments)]
-fn print_report(
+/// The throughput table.
+fn print_throughput(
     rows: &[Row],
     walls: &[String],
     warm_up_walls: &[f64],
-    latency: &[Latency],
-    saturation: &Saturation,
     feed: &Feed,
     records: u64,
-    latency_secs: u64,
     bootstrap: &str,
 ) {
     let latency_share = env_f64("WATERLINE_BENCH_LATENCY_SHARE", 0.5);
@@ -768,6 +815,10 @@ fn print_report(
         );
     }
     println!();
+}
+
+/// The live maximum's line.
+fn print_saturation(saturation: &Saturation) {
     println!(
         "Live maximum (exactly-once, as shipped, {SATURATION_SECS} s): offered {:.0}/s \
          (1.5 × the backfill rate), fed {:.0}/s, read {:.0}/s; sustained {:.0}/s = {:.2} × the \
@@ -783,6 +834,10 @@ fn print_report(
             "the feeder was the limit (it shares the cores with the run and the broker)"
         }
     );
+}
+
+/// The latency tables: samples, and where the time goes.
+fn print_latency(latency: &[Latency], latency_secs: u64) {
     println!(
         "| latency ({latency_secs} s measured) | out-of-orderness | samples | n | p50 | p99 | max \
          | target p99 | fed/s | caught up after | behind at end | in-process p99 ≤ | commit p99 ≤ \
@@ -845,11 +900,16 @@ fn print_report(
          commit_wait = final → its commit starts, commit = the commit; over the measured span \
          and its drain. A reader's fetch of the committed output comes on top.\n"
     );
+}
 
-    let (alo, eo) = (&rows[2], &rows[3]);
-    let check = |pass: bool, text: String| {
-        println!("{} {text}", if pass { "PASS" } else { "MISS" });
-    };
+fn check(pass: bool, text: String) {
+    println!("{} {text}", if pass { "PASS" } else { "MISS" });
+}
+
+/// The throughput targets.
+fn print_throughput_checks(rows: &[Row]) {
+    let (base, alo, eo) = (&rows[1], &rows[2], &rows[3]);
+    let base_rate = base.rate();
     let steady_ratio = |a: &Row, b: &Row| {
         a.steady_rate()
             .zip(b.steady_rate())
@@ -877,6 +937,10 @@ fn print_report(
             steady_ratio(eo, alo)
         ),
     );
+}
+
+/// The latency target, for every set.
+fn print_latency_checks(latency: &[Latency]) {
     for (guarantee, ooo, ooo_ms, l) in latency {
         for (what, samples) in [("dead letters", &l.dead_letters), ("windows", &l.windows)] {
             if samples.is_empty() || l.caught_up_s.is_none() {
@@ -904,18 +968,30 @@ fn print_report(
             );
         }
     }
+}
+
+/// The command that runs the bench again with these settings.
+fn print_reproduce(records: u64, latency_secs: u64) {
+    let set = std::env::var("WATERLINE_BENCH_SET").map_or_else(
+        |_| String::new(),
+        |s| format!(" WATERLINE_BENCH_SET=\"{s}\""),
+    );
+    if let Some(rate) = latency_rate() {
+        println!(
+            "\nReproduce: WATERLINE_BENCH_LATENCY_RATE={rate} \
+             WATERLINE_BENCH_LATENCY_SECS={latency_secs}{set} scripts/bench.sh"
+        );
+        return;
+    }
+    let latency_share = env_f64("WATERLINE_BENCH_LATENCY_SHARE", 0.5);
     println!(
         "\nReproduce: WATERLINE_BENCH_MILLIONS={} WATERLINE_BENCH_LATENCY_SECS={latency_secs} \
          WATERLINE_BENCH_LATENCY_SHARE={latency_share} WATERLINE_BENCH_ROUNDS={} \
-         WATERLINE_BENCH_WARM_UP={} WATERLINE_BENCH_PRECREATE={}{} scripts/bench.sh",
+         WATERLINE_BENCH_WARM_UP={} WATERLINE_BENCH_PRECREATE={}{set} scripts/bench.sh",
         records as f64 / 1e6,
         rounds(),
         warm_up_rounds(),
         u8::from(precreate()),
-        std::env::var("WATERLINE_BENCH_SET").map_or_else(
-            |_| String::new(),
-            |s| format!(" WATERLINE_BENCH_SET=\"{s}\"")
-        )
     );
 }
 

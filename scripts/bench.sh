@@ -23,6 +23,10 @@
 #                                 just before it, as set-up; 0: the run creates them
 #   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
 #                                 (default 0.5)
+#   WATERLINE_BENCH_LATENCY_RATE  records/s: measure only the latency sets, fed at this rate
+#                                 (no pre-produced topic, throughput rows or live maximum;
+#                                 about 3 minutes)
+#   WATERLINE_BENCH_SET           settings passed to every run as --set, separated by spaces
 #
 # Progress goes to stderr, the report to stdout; exits non-zero if a run dies, reads fewer
 # records than were produced, or a latency sample set is empty.

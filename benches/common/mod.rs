@@ -518,6 +518,9 @@ pub fn committed_reader(bootstrap: &str, group: &str, topics: &[&str]) -> BaseCo
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
+        // As waterline's own clients do (src/kafka.rs), so that the reader's requests are
+        // not held behind unacknowledged ones.
+        .set("socket.nagle.disable", "true")
         .create()
         .expect("a consumer with valid settings");
     let mut assignment = TopicPartitionList::new();
@@ -1170,6 +1173,8 @@ fn feed_live(
         // at a few hundred thousand records/s the feeder and the broker took the two cores
         // the run needs. Up to 5 ms of waiting to be sent is part of each latency measured.
         .set("linger.ms", "5")
+        // As waterline's own clients do (src/kafka.rs).
+        .set("socket.nagle.disable", "true")
         // Room for a second of the feed while the broker is slow.
         .set("queue.buffering.max.messages", "1000000")
         .create_with_context(acks)
