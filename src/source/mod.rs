@@ -447,7 +447,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                             let repeat = late < all_windows
                                 && dedupe.is_some_and(|d| {
                                     let seen = seen.entry(r.partition).or_insert_with(|| {
-                                        Seen::new(d.horizon_ms, window_reach)
+                                        Seen::new(d.horizon_ms, window_reach, r.partition as u64)
                                     });
                                     seen.forget_before(watermarks.watermark(r.partition));
                                     seen.repeat(&id, event.time)
