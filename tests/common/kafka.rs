@@ -77,6 +77,7 @@ pub fn create_topic(name: &str, partitions: i32) {
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
     }
+    wait_for_partitions(name, partitions);
 }
 
 /// Creates `name` with topic settings `config` (the broker's defaults for the others).
@@ -93,6 +94,38 @@ pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
         .expect("create_topics answers");
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+    wait_for_partitions(name, partitions);
+}
+
+/// Waits until the broker's metadata shows `name` with `partitions` partitions: the
+/// controller answers CreateTopics before every client is told of the topic, and a test
+/// that reads or writes at once would otherwise see no partitions (a busy broker lags).
+fn wait_for_partitions(name: &str, partitions: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while partitions_now(name) != partitions {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic {name} has {} partitions in the metadata 30 s after its creation, not {partitions}",
+            partitions_now(name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many partitions the metadata shows for `topic` now (0 while it is unknown).
+fn partitions_now(topic: &str) -> i32 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(md) => md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32),
+        Err(_) => 0,
     }
 }
 
@@ -270,10 +303,13 @@ pub fn consume_all_with_headers(topics: &[&str]) -> Vec<(Consumed, Headers)> {
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for t in topics {
-        let md = consumer
-            .fetch_metadata(Some(t), Duration::from_secs(10))
-            .expect("metadata");
-        let n = md.topics()[0].partitions().len() as i32;
+        // A topic the dataflow created may not be in every broker's metadata yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut n = partitions_now(t);
+        while n == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            n = partitions_now(t);
+        }
         assert!(n > 0, "topic {t} exists");
         for p in 0..n {
             tpl.add_partition_offset(t, p, Offset::Beginning)
