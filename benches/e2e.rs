@@ -80,8 +80,10 @@
 //!
 //! `WATERLINE_BENCH_LATENCY_RATE` (records/s) measures only the latency sets of step 5, fed
 //! at that rate: no topic is pre-produced, no throughput row or live maximum is run, and
-//! the report has the latency tables and checks alone. It reproduces a latency figure at
-//! a given rate in about 3 minutes.
+//! the report has the latency tables and checks alone. Before the sets,
+//! `WATERLINE_BENCH_WARM_UP` discarded 10 s live runs (exactly-once, 100 ms) warm the
+//! broker, as the throughput rounds do otherwise. It reproduces a latency figure at a
+//! given rate in about 3–4 minutes.
 //!
 //! `WATERLINE_BENCH_SET` (settings separated by spaces) is passed to every `waterline run`
 //! of the bench as `--set` flags, to measure other settings against the same baseline:
@@ -192,6 +194,9 @@ fn main() {
     // Latency alone, at a rate given instead of half the live maximum measured here.
     if let Some(rate) = latency_rate() {
         let feed = live_feed(rate);
+        for round in 0..warm_up_rounds() {
+            warm_up_latency(&bootstrap, &dir, &topic, &feed, round, &mut made);
+        }
         let latency = latency_sets(&bootstrap, &dir, &topic, &feed, latency_secs, &mut made);
         println!(
             "\n## waterline latency: fed at {:.0}/s (WATERLINE_BENCH_LATENCY_RATE), {PARTITIONS} \
@@ -373,6 +378,45 @@ fn latency_sets<'a>(
     }
     latency
 }
+
+/// A discarded live run (exactly-once, 100 ms out-of-orderness, [`WARM_UP_LATENCY_SECS`])
+/// before the latency sets of `WATERLINE_BENCH_LATENCY_RATE`, which run no throughput
+/// rounds to warm the broker first: on a broker just started, the first set's
+/// acknowledgements took up to 4.3 s at the 99th percentile, while its JIT compiler took
+/// the cores.
+fn warm_up_latency(
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    feed: &Feed,
+    round: usize,
+    made: &mut Vec<String>,
+) {
+    let live = format!("{topic}-warm-up-{round}");
+    made.extend(live_topics(&live));
+    let l = latency_run(&LatencyRun {
+        bootstrap,
+        dir,
+        topic: &live,
+        args: &run_args("exactly-once"),
+        changes: &[(
+            "max_out_of_orderness = \"5s\"",
+            "max_out_of_orderness = \"100ms\"",
+        )],
+        feed: feed.clone(),
+        windows: None,
+        seconds: WARM_UP_LATENCY_SECS,
+        drain: Duration::from_secs(2),
+    });
+    eprintln!(
+        "e2e: warm-up {round} (discarded): {} dead letters, fed {:.0}/s",
+        l.dead_letters.len(),
+        l.fed_rate
+    );
+}
+
+/// How long each warm-up run of [`warm_up_latency`] measures.
+const WARM_UP_LATENCY_SECS: u64 = 10;
 
 /// `--set` flags for every run, from `WATERLINE_BENCH_SET`.
 fn extra_settings() -> Vec<String> {

@@ -25,7 +25,8 @@
 #                                 (default 0.5)
 #   WATERLINE_BENCH_LATENCY_RATE  records/s: measure only the latency sets, fed at this rate
 #                                 (no pre-produced topic, throughput rows or live maximum;
-#                                 about 3 minutes)
+#                                 WATERLINE_BENCH_WARM_UP discarded 10 s live runs first;
+#                                 about 3-4 minutes)
 #   WATERLINE_BENCH_SET           settings passed to every run as --set, separated by spaces
 #
 # Progress goes to stderr, the report to stdout; exits non-zero if a run dies, reads fewer

@@ -1,6 +1,8 @@
 //! Prompt commits: while a run is live, the final results of a tumbling or hopping window
 //! are committed as soon as they are final, without waiting for the commit interval; a
-//! session window's keep to the interval.
+//! session window's keep to the interval. And while it is live, every final output is
+//! written as soon as it is final, into the commit being filled, not when that commit
+//! starts.
 //!
 //! Each run reads two partitions of one event every 50 ms over 10 s of event time. One
 //! partition stalls at its middle for 2 s, reporting that it is caught up, as a Kafka
@@ -53,6 +55,12 @@ topic = "out-w"
 
 /// The committed progress records of one run, in commit order.
 fn commits(window: &str) -> Vec<u64> {
+    run(window).progress.iter().map(|p| p.frontier).collect()
+}
+
+/// What one run committed. Record 10 of partition 1 is invalid: its dead letter is final
+/// as soon as the frontier passes it, long before the stall ends.
+fn run(window: &str) -> Committed {
     let spec = spec(window);
     let topics = Topics::new(&spec, |_| 1);
     let partitions: Vec<(i32, Vec<Option<Vec<u8>>>)> = (0..2)
@@ -60,7 +68,12 @@ fn commits(window: &str) -> Vec<u64> {
             let records = (0..PER_PARTITION)
                 .map(|i| {
                     let ts = START_MS + i * STEP_MS;
-                    Some(format!(r#"{{"id":"{p}-{i}","ts":{ts},"k":"a","v":"1"}}"#).into_bytes())
+                    let v = if (p, i) == (1, 10) {
+                        "not a number"
+                    } else {
+                        "1"
+                    };
+                    Some(format!(r#"{{"id":"{p}-{i}","ts":{ts},"k":"a","v":"{v}"}}"#).into_bytes())
                 })
                 .collect();
             (p, records)
@@ -77,7 +90,7 @@ fn commits(window: &str) -> Vec<u64> {
     let committed = Arc::new(Mutex::new(Committed::default()));
     pipeline::run_in_memory_with(&spec, &topics, partitions, &run, Arc::clone(&committed))
         .expect("the run completes");
-    let c = committed.lock().expect("lock");
+    let c = std::mem::take(&mut *committed.lock().expect("lock"));
     let windows = c
         .records
         .iter()
@@ -87,7 +100,7 @@ fn commits(window: &str) -> Vec<u64> {
         windows > 5,
         "{window}: window results were committed ({windows})"
     );
-    c.progress.iter().map(|p| p.frontier).collect()
+    c
 }
 
 #[test]
@@ -119,5 +132,27 @@ fn session_results_wait_for_the_commit_interval() {
         frontiers,
         vec![u64::MAX],
         "one commit, at the end of the input: the run is shorter than the interval"
+    );
+}
+
+#[test]
+fn a_live_run_writes_outputs_once_final_not_at_the_commit() {
+    // Session windows: no prompt commit, so the one commit is at the end of the input,
+    // after the 2 s stall. The dead letter was final from the stall's start.
+    let window = "kind = \"session\"\ngap = 300\nmax_duration = 1000";
+    let topics = Topics::new(&spec(window), |_| 1);
+    let c = run(window);
+    let dead = c
+        .records
+        .iter()
+        .filter(|r| topics.names[r.topic as usize] == "dlq")
+        .count();
+    assert_eq!(c.progress.len(), 1, "one commit: {:?}", c.first_written);
+    assert!(dead >= 1, "the dead letter was committed");
+    assert!(
+        c.first_written[0] >= Duration::from_secs(1),
+        "the dead letter went to the writer while the partition stalled, {:?} before the \
+         commit (not when the commit started)",
+        c.first_written[0]
     );
 }

@@ -1,6 +1,7 @@
 //! An in-memory writer for tests: keeps what was committed, and can fail on purpose.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::Writer;
 use crate::output::OutRecord;
@@ -13,6 +14,9 @@ pub struct Committed {
     pub records: Vec<OutRecord>,
     /// Every committed progress record, in order.
     pub progress: Vec<Progress>,
+    /// Per commit, in order: how long before it its first record was written (zero for a
+    /// commit of no records).
+    pub first_written: Vec<Duration>,
 }
 
 /// Buffers writes and moves them to [`Committed`] at each commit.
@@ -21,6 +25,8 @@ pub struct MemoryWriter {
     /// What was committed (shared by every clone).
     pub committed: Arc<Mutex<Committed>>,
     uncommitted: Vec<OutRecord>,
+    /// When the first of `uncommitted` was written.
+    first_write: Option<Instant>,
     /// Fail every commit after this many have succeeded (in this writer), like a crash.
     pub fail_after: Option<usize>,
     commits: usize,
@@ -40,10 +46,12 @@ impl MemoryWriter {
 
 impl Writer for MemoryWriter {
     fn write(&mut self, record: &OutRecord) {
+        self.first_write.get_or_insert_with(Instant::now);
         self.uncommitted.push(record.clone());
     }
 
     fn commit(&mut self, progress: &Progress) -> Result<(), String> {
+        let first_write = self.first_write.take();
         if self.fail_after.is_some_and(|n| self.commits >= n) {
             self.uncommitted.clear();
             return Err("simulated crash before commit".into());
@@ -55,10 +63,13 @@ impl Writer for MemoryWriter {
             .map_err(|_| "a writer panicked".to_string())?;
         c.records.append(&mut self.uncommitted);
         c.progress.push(progress.clone());
+        c.first_written
+            .push(first_write.map_or(Duration::ZERO, |t| t.elapsed()));
         Ok(())
     }
 
     fn abort(&mut self) {
+        self.first_write = None;
         self.uncommitted.clear();
     }
 }

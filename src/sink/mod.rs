@@ -9,6 +9,10 @@
 //!                                                  {F, latest positions below F}, and commit
 //! ```
 //!
+//! While the run is live (see [`Prompt`]), the outputs below F are written as soon as no
+//! commit is in flight, into the commit being filled, rather than when it starts: each
+//! commit then has only its last few outputs to flush.
+//!
 //! Each (topic, partition) is written by exactly one worker, so its order does not depend on
 //! scheduling. Outputs below the frontier this worker committed in an earlier run were
 //! committed then and are dropped; see [`crate::progress`] for why that is exactly right.
@@ -173,6 +177,46 @@ impl Notes {
 /// How often a sink looks whether the commit it started has finished.
 const COMMIT_POLL: Duration = Duration::from_millis(1);
 
+/// Outputs written to the commit being filled, per event time: how many, when the first
+/// of them reached the sink and when the frontier passed them (for the stage latencies,
+/// observed when the commit starts), and the append times of their inputs.
+#[derive(Default)]
+struct Open {
+    times: Vec<(u64, u64, Instant, Instant)>,
+    appended: Vec<u64>,
+}
+
+impl Open {
+    /// Writes the outputs in `pending` below `frontier` to `writer`, in timestamp order
+    /// (sorted within a time); `now` stands in for an arrival or a passing not seen.
+    fn write_final<W: Writer>(
+        &mut self,
+        writer: &mut W,
+        pending: &mut BTreeMap<u64, Vec<OutRecord>>,
+        arrived: &mut BTreeMap<u64, (Instant, Option<Instant>)>,
+        frontier: u64,
+        now: Instant,
+    ) {
+        while let Some(entry) = pending.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            let time = *entry.key();
+            let mut records = entry.remove();
+            let (reached, ready) = arrived.remove(&time).unwrap_or((now, None));
+            records.sort_unstable();
+            for r in &records {
+                writer.write(r);
+                if r.appended_ms > 0 {
+                    self.appended.push(r.appended_ms);
+                }
+            }
+            self.times
+                .push((time, records.len() as u64, reached, ready.unwrap_or(now)));
+        }
+    }
+}
+
 /// A commit the writer runs while the sink goes on buffering.
 struct InFlight {
     /// The frontier it commits.
@@ -227,10 +271,15 @@ impl Prompt {
 
     /// Whether the source caught up within [`LIVE_FOR`] of `now`.
     fn live(&self, now: Instant) -> bool {
-        self.caught_up
-            .get()
-            .is_some_and(|t| now.saturating_duration_since(t) < LIVE_FOR)
+        is_live(&self.caught_up, now)
     }
+}
+
+/// Whether a source that last caught up at `caught_up` counts as live at `now`.
+fn is_live(caught_up: &Cell<Option<Instant>>, now: Instant) -> bool {
+    caught_up
+        .get()
+        .is_some_and(|t| now.saturating_duration_since(t) < LIVE_FOR)
 }
 
 /// Routes a record to the worker owning its topic partition.
@@ -283,12 +332,22 @@ pub fn sink<'s, W: Writer + 'static>(
         let mut arrived: BTreeMap<u64, (Instant, Option<Instant>)> = BTreeMap::new();
         let stages = [Stage::Frontier, Stage::CommitWait].map(|s| metrics.stage(s).local());
         let prompt_gap = config.commit_interval / PROMPT_GAP;
-        // Whether final results of a window wait in `pending` and the run is live.
-        let prompt_now = move |pending: &BTreeMap<u64, Vec<OutRecord>>, frontier: u64| {
-            !prompt.windows.is_empty()
-                && prompt.live(Instant::now())
-                && pending.range(..frontier).any(|(t, _)| prompt.is_close(*t))
-        };
+        // The outputs written to the commit being filled. While the run is live, final
+        // outputs are written as soon as no commit is in flight, not at the next commit's
+        // start: that commit's flush then waits only for the last few, so it is shorter,
+        // and every output is visible sooner by as much. A backfill writes them when the
+        // commit starts, in one burst of large batches.
+        let mut open = Open::default();
+        let caught_up = Rc::clone(&prompt.caught_up);
+        // Whether final results of a window wait, in `pending` or written to the commit
+        // being filled, and the run is live.
+        let prompt_now =
+            move |pending: &BTreeMap<u64, Vec<OutRecord>>, open: &Open, frontier: u64| {
+                !prompt.windows.is_empty()
+                    && prompt.live(Instant::now())
+                    && (open.times.iter().any(|(t, ..)| prompt.is_close(*t))
+                        || pending.range(..frontier).any(|(t, _)| prompt.is_close(*t)))
+            };
         move |input_frontiers| {
             let now = Instant::now();
             heard.for_each(|_cap, data| {
@@ -365,42 +424,33 @@ pub fn sink<'s, W: Writer + 'static>(
                         }
                     }
                 }
+                if frontier > committed && is_live(&caught_up, now) {
+                    let mut w = writer.borrow_mut();
+                    open.write_final(&mut *w, &mut pending, &mut arrived, frontier, now);
+                }
                 let due = frontier == u64::MAX
                     || last_started.elapsed() >= config.commit_interval
-                    || (last_ended.elapsed() >= prompt_gap && prompt_now(&pending, frontier));
+                    || (last_ended.elapsed() >= prompt_gap
+                        && prompt_now(&pending, &open, frontier));
                 if !(frontier > committed && due) {
                     break;
                 }
                 let mut w = writer.borrow_mut();
-                // (event time, records) written in this commit, and the append times of
-                // their inputs, for the latency metric.
-                let mut written: Vec<(u64, u64)> = Vec::new();
-                let mut appended: Vec<u64> = Vec::new();
                 let starting = Instant::now();
-                while let Some(entry) = pending.first_entry() {
-                    if *entry.key() >= frontier {
-                        break;
-                    }
-                    let time = *entry.key();
-                    let mut records = entry.remove();
-                    let (reached, ready) = arrived.remove(&time).unwrap_or((starting, None));
-                    let ready = ready.unwrap_or(starting);
+                open.write_final(&mut *w, &mut pending, &mut arrived, frontier, starting);
+                let Open { times, appended } = std::mem::take(&mut open);
+                // (event time, records) written in this commit, for the latency metric.
+                let mut written: Vec<(u64, u64)> = Vec::with_capacity(times.len());
+                for (time, records, reached, ready) in times {
                     let (to_final, to_start) = (
                         ready.saturating_duration_since(reached).as_secs_f64(),
                         starting.saturating_duration_since(ready).as_secs_f64(),
                     );
-                    for _ in 0..records.len() {
+                    for _ in 0..records {
                         stages[0].observe(to_final);
                         stages[1].observe(to_start);
                     }
-                    records.sort_unstable();
-                    for r in &records {
-                        w.write(r);
-                        if r.appended_ms > 0 {
-                            appended.push(r.appended_ms);
-                        }
-                    }
-                    written.push((time, records.len() as u64));
+                    written.push((time, records));
                 }
                 while let Some(entry) = pending_notes.first_entry() {
                     if *entry.key() >= frontier {
@@ -447,7 +497,7 @@ pub fn sink<'s, W: Writer + 'static>(
                 let regular = config
                     .commit_interval
                     .saturating_sub(last_started.elapsed());
-                let wait = if prompt_now(&pending, frontier) {
+                let wait = if prompt_now(&pending, &open, frontier) {
                     regular.min(prompt_gap.saturating_sub(last_ended.elapsed()))
                 } else {
                     regular
