@@ -301,6 +301,8 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
         let mut others: BTreeMap<usize, Announcement> = BTreeMap::new();
         let mut announced: Option<Announcement> = None;
         let mut draining = false;
+        // When a read last found less than a batch and reached the end of a partition.
+        let mut drained_at: Option<Instant> = None;
         // This activation's events: full chunks, then the one being filled.
         let mut pending: Vec<Vec<SourceItem>> = Vec::new();
         let mut filling: Vec<SourceItem> = Vec::with_capacity(CHUNK);
@@ -346,11 +348,23 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
             let Some(held) = caps.as_ref().map(|(c, _, _)| *c.time()) else {
                 return;
             };
+            let now = Instant::now();
             if !draining && control.drain.load(Ordering::Relaxed) {
                 draining = true;
+                drained_at = None;
                 reader.bound_to_current_end();
             }
-            let now = Instant::now();
+            // A read that took all there was comes back after IDLE_POLL, even when an
+            // announcement (every worker's, its own too, at each move of its watermark)
+            // wakes the operator sooner: a live run's workers otherwise woke each other
+            // and read a few records at a time, every step's overhead paid for each few.
+            if let Some(at) = drained_at {
+                let since = now.saturating_duration_since(at);
+                if since < IDLE_POLL {
+                    activator.activate_after(IDLE_POLL - since);
+                    return;
+                }
+            }
             let rejected_at = now_ms();
             let mut decoded = 0u64;
             // The run of records of one partition being read: its position and counts go
@@ -645,6 +659,7 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                     .add(remembered - dedupe_reported);
                 dedupe_reported = remembered;
             }
+            drained_at = (read < BATCH && caught_up.get() == Some(now)).then_some(now);
             if caps.is_some() {
                 if read >= BATCH {
                     activator.activate();
