@@ -102,30 +102,39 @@ pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
 /// controller answers CreateTopics before every client is told of the topic, and a test
 /// that reads or writes at once would otherwise see no partitions (a busy broker lags).
 fn wait_for_partitions(name: &str, partitions: i32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while partitions_now(name) != partitions {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "topic {name} has {} partitions in the metadata 30 s after its creation, not {partitions}",
-            partitions_now(name)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// How many partitions the metadata shows for `topic` now (0 while it is unknown).
-fn partitions_now(topic: &str) -> i32 {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .expect("consumer");
-    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-        Ok(md) => md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32),
-        Err(_) => 0,
+    let seen = partitions_once(&client, name, Duration::from_secs(30), |n| n == partitions);
+    assert_eq!(
+        seen, partitions,
+        "topic {name}: partitions in the metadata 30 s after its creation"
+    );
+}
+
+/// The partition count `client`'s metadata shows for `topic` (0 while it is unknown), as
+/// soon as `ready` holds for it, or the last one seen after `within`.
+fn partitions_once(
+    client: &BaseConsumer,
+    topic: &str,
+    within: Duration,
+    ready: impl Fn(i32) -> bool,
+) -> i32 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = match client.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(md) => md
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32),
+            Err(_) => 0,
+        };
+        if ready(n) || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -304,12 +313,7 @@ pub fn consume_all_with_headers(topics: &[&str]) -> Vec<(Consumed, Headers)> {
     let mut ends = BTreeMap::new();
     for t in topics {
         // A topic the dataflow created may not be in every broker's metadata yet.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut n = partitions_now(t);
-        while n == 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            n = partitions_now(t);
-        }
+        let n = partitions_once(&consumer, t, Duration::from_secs(10), |n| n > 0);
         assert!(n > 0, "topic {t} exists");
         for p in 0..n {
             tpl.add_partition_offset(t, p, Offset::Beginning)
