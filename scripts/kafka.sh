@@ -12,6 +12,7 @@
 #   scripts/kafka.sh tool CLASS ARGS... any Kafka tool class with the broker's classpath, e.g.
 #                                       tool org.apache.kafka.tools.consumer.ConsoleConsumer ...
 #   scripts/kafka.sh logs               the last lines of the broker's log
+#                                       (its GC pauses go to $KAFKA_DIR/gc.log)
 #   scripts/kafka.sh clean              stop it and delete its data, logs and configuration
 #
 # Why this way: the machines this project is built and tested on run no containers and
@@ -168,6 +169,7 @@ launch() {
   setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidfile" \
     java -Xmx"$heap" -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+    -Xlog:gc:file="$dir/gc.log":time,uptime:filecount=2,filesize=10m \
     -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$conf/log4j2.properties" -Dkafka.logs.dir="$dir" \
     -cp "$lib/*" kafka.Kafka "$dir/server.properties" \
