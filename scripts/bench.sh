@@ -19,6 +19,9 @@
 #                                 each row's median (default 3)
 #   WATERLINE_BENCH_WARM_UP       rounds run first and discarded, to warm the broker's JIT
 #                                 (default 2)
+#   WATERLINE_BENCH_WARM_UP_MAX   more of them, up to this many in all, while a round's
+#                                 exactly-once run is over a tenth faster than the last
+#                                 round's (default 6)
 #   WATERLINE_BENCH_PRECREATE     1 (default): each waterline run's output topics are created
 #                                 just before it, as set-up; 0: the run creates them
 #   WATERLINE_BENCH_LATENCY_SHARE the live feed's rate as a share of the live maximum
