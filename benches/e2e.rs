@@ -262,7 +262,8 @@ fn main() {
         }
         round += 1;
     }
-    if warm_up > 0 && !warm {
+    // One round alone has nothing to compare with.
+    if round >= 2 && !warm {
         eprintln!(
             "e2e: the exactly-once run was still getting faster after {round} warm-up rounds \
              (WATERLINE_BENCH_WARM_UP_MAX); measuring anyway"
