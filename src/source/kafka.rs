@@ -6,6 +6,7 @@
 //! requested), which the reader reports as [`Polled::End`].
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -39,21 +40,32 @@ struct PartitionState {
 pub struct SourceContext {
     metrics: Option<Metrics>,
     topic: String,
+    /// Partitions whose fetcher had reached the end of the log at the last statistics,
+    /// not yet reported by [`KafkaReader::poll`].
+    fetched_to_end: Mutex<Vec<i32>>,
 }
 
 impl ClientContext for SourceContext {
     /// The client's statistics (every `statistics.interval.ms`): each assigned partition's
-    /// last stable offset, the end consumer lag is measured to.
+    /// last stable offset, the end consumer lag is measured to, and whether its fetcher
+    /// has reached it.
     fn stats(&self, statistics: Statistics) {
-        let Some(metrics) = &self.metrics else {
-            return;
-        };
+        let mut at_end = Vec::new();
         for (topic, t) in &statistics.topics {
             for (p, partition) in &t.partitions {
-                if *p >= 0 && partition.ls_offset >= 0 {
+                if *p < 0 || partition.ls_offset < 0 {
+                    continue;
+                }
+                if let Some(metrics) = &self.metrics {
                     metrics.partition_end(topic, *p, partition.ls_offset);
                 }
+                if *topic == self.topic && fetched_to(partition.next_offset, partition.ls_offset) {
+                    at_end.push(*p);
+                }
             }
+        }
+        if !at_end.is_empty() {
+            lock(&self.fetched_to_end).extend(at_end);
         }
     }
 
@@ -68,6 +80,22 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {}
+
+/// Whether a partition's fetcher, about to fetch from `next_offset`, has everything up to
+/// `end` (the last stable offset the broker gave in its latest answer): the reader is then
+/// behind by at most what librdkafka has prefetched (`queued.min.messages`).
+///
+/// This is how a run learns that it keeps up with its input when fetches are held for
+/// `fetch.min.bytes` and so almost never come back empty, the only time librdkafka raises
+/// its end-of-partition notice.
+fn fetched_to(next_offset: i64, end: i64) -> bool {
+    next_offset >= 0 && end >= 0 && next_offset >= end
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave a list of partition numbers half-written.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Reads one worker's partitions of the input topic.
 pub struct KafkaReader {
@@ -105,8 +133,17 @@ impl KafkaReader {
             .set("isolation.level", "read_committed")
             // A partition whose stored position has been deleted restarts from the oldest data.
             .set("auto.offset.reset", "earliest")
-            // End offsets for the consumer-lag metric, once a second.
-            .set("statistics.interval.ms", "1000")
+            // End offsets for the consumer-lag metric, and whether the fetcher has reached
+            // them: a run is live while its source caught up within the last second
+            // (`sink::Prompt`), so four times a second.
+            .set("statistics.interval.ms", "250")
+            // Each fetch waits until 64 KiB are there, or 10 ms. With the default of one
+            // byte, a broker answers a consumer that keeps up with every few records: at
+            // 252k trades/s on this project's 2-core machine, 64 KiB / 10 ms cut the run's
+            // CPU by 6-8% and the broker's by 7-17%, and at 82k/s the run's from 0.40 to
+            // 0.29 cores. 10 ms bounds what it adds to latency at low rates.
+            .set("fetch.min.bytes", "65536")
+            .set("fetch.wait.max.ms", "10")
             // When a partition's local queue is over its thresholds, librdkafka waits this
             // long before fetching for it again (default 1 s). A worker that consumes more
             // slowly than the broker delivers (decoding costs more than fetching) then
@@ -131,6 +168,7 @@ impl KafkaReader {
             .create_with_context(SourceContext {
                 metrics,
                 topic: topic.to_string(),
+                fetched_to_end: Mutex::new(Vec::new()),
             })
             .map_err(|source| KafkaSetupError::Client {
                 what: "cannot create the Kafka consumer".into(),
@@ -334,6 +372,12 @@ impl Reader for KafkaReader {
                     }
                     break;
                 }
+            }
+        }
+        let fetched_to_end = std::mem::take(&mut *lock(&self.consumer.context().fetched_to_end));
+        for p in fetched_to_end {
+            if self.partitions.get(&p).is_some_and(|s| !s.ended) {
+                f(Polled::CaughtUp(p));
             }
         }
         self.commit_group_offsets();
