@@ -138,10 +138,10 @@ impl KafkaReader {
             // (`sink::Prompt`), so four times a second.
             .set("statistics.interval.ms", "250")
             // Each fetch waits until 64 KiB are there, or 10 ms. With the default of one
-            // byte, a broker answers a consumer that keeps up with every few records: at
-            // 252k trades/s on this project's 2-core machine, 64 KiB / 10 ms cut the run's
-            // CPU by 6-8% and the broker's by 7-17%, and at 82k/s the run's from 0.40 to
-            // 0.29 cores. 10 ms bounds what it adds to latency at low rates.
+            // byte, a broker answers a consumer that keeps up with every few records: live
+            // at 82k trades/s on this project's 2-core machine, 64 KiB / 10 ms took the
+            // run from 0.40-0.42 cores to 0.28-0.30 and the broker from 0.57-0.58 to
+            // 0.38-0.41; at 252k/s, 5% and 13% less. 10 ms bounds what it adds to latency.
             .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", "10")
             // When a partition's local queue is over its thresholds, librdkafka waits this
