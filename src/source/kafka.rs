@@ -83,7 +83,8 @@ impl ConsumerContext for SourceContext {}
 
 /// Whether a partition's fetcher, about to fetch from `next_offset`, has everything up to
 /// `end` (the last stable offset the broker gave in its latest answer): the reader is then
-/// behind by at most what librdkafka has prefetched (`queued.min.messages`).
+/// behind by at most what librdkafka has prefetched (`queued.min.messages`), and caught up
+/// once it has read that.
 ///
 /// This is how a run learns that it keeps up with its input when fetches are held for
 /// `fetch.min.bytes` and so almost never come back empty, the only time librdkafka raises
@@ -294,9 +295,14 @@ impl Reader for KafkaReader {
             }
         }
         let mut read = 0;
+        // Whether everything the client had fetched was handed over.
+        let mut drained = false;
         while read < max {
             match self.consumer.poll(Duration::ZERO) {
-                None => break,
+                None => {
+                    drained = true;
+                    break;
+                }
                 Some(Ok(m)) => {
                     read += 1;
                     let p = m.partition();
@@ -374,10 +380,16 @@ impl Reader for KafkaReader {
                 }
             }
         }
+        // A fetcher at the end, and nothing fetched left unread: everything written up to
+        // that statistics report has been read, as an end-of-partition notice would say. An
+        // `[enrich]` reference relies on that (it turns idle at once). Not drained, the next
+        // report will tell.
         let fetched_to_end = std::mem::take(&mut *lock(&self.consumer.context().fetched_to_end));
-        for p in fetched_to_end {
-            if self.partitions.get(&p).is_some_and(|s| !s.ended) {
-                f(Polled::CaughtUp(p));
+        if drained {
+            for p in fetched_to_end {
+                if self.partitions.get(&p).is_some_and(|s| !s.ended) {
+                    f(Polled::CaughtUp(p));
+                }
             }
         }
         self.commit_group_offsets();

@@ -150,8 +150,7 @@ pub enum Polled<'a> {
     Record(RecordRef<'a>),
     /// The partition reached the end it was bounded to; nothing more will come from it.
     End(i32),
-    /// The partition has been read up to its current end, or up to what the client has
-    /// prefetched of it; more may come later.
+    /// The partition has been read up to its current end; more may come later.
     CaughtUp(i32),
 }
 
