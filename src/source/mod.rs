@@ -597,15 +597,23 @@ pub fn kafka_like_source<'s, R: Reader + 'static>(
                 Hold::Release => None,
                 Hold::At(t) => Some((t, true)),
                 Hold::Idle(t) => {
-                    // Nothing of ours is active: follow the least active worker; when no
-                    // worker is active, the greatest watermark any reached (as Flink's
-                    // watermark valve does when every channel is idle).
+                    // Nothing of ours is active: follow the least active worker. When no
+                    // worker is active, nothing holds the watermark back, and it goes to
+                    // the greatest any partition reached, ours or another worker's (as
+                    // Flink's watermark valve does when every channel is idle). Our own
+                    // held time is not enough: partitions that turn idle at the same step
+                    // leave it at the least of them, and the windows between would wait
+                    // for new data.
                     let least_active = others.values().filter(|a| a.active).map(|a| a.held).min();
-                    let greatest_idle = others.values().filter(|a| a.held != u64::MAX).map(|a| a.held).max();
-                    if let Some(to) = least_active.or(greatest_idle) {
-                        watermarks.follow(to);
-                    }
-                    Some((least_active.or(greatest_idle).map_or(t, |to| to.max(t)), false))
+                    let to = least_active.unwrap_or_else(|| {
+                        others
+                            .values()
+                            .filter(|a| a.held != u64::MAX)
+                            .map(|a| a.held)
+                            .fold(watermarks.greatest(), u64::max)
+                    });
+                    watermarks.follow(to);
+                    Some((to.max(t), false))
                 }
             };
             let state = Announcement {

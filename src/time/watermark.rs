@@ -199,6 +199,15 @@ impl Watermarks {
         self.partitions.get(&p).map_or(self.held, |x| x.watermark)
     }
 
+    /// The greatest watermark any of the partitions reached (idle and finished ones
+    /// included), or the held time if that is greater.
+    pub fn greatest(&self) -> u64 {
+        self.partitions
+            .values()
+            .map(|x| x.watermark)
+            .fold(self.held, u64::max)
+    }
+
     /// The greatest event time read from `p`, if any.
     pub fn max_seen(&self, p: i32) -> Option<u64> {
         self.partitions.get(&p).and_then(|x| x.max_seen)
@@ -327,6 +336,7 @@ mod tests {
             Hold::Idle(300),
             "nothing active: stay put"
         );
+        assert_eq!(w.greatest(), 700, "what following nobody would go to");
         w.follow(5_000);
         assert_eq!(
             w.hold(t0 + IDLE * 2),
