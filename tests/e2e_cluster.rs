@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
-use common::{assert_matches, recompute_deduped, report};
+use common::{Running, assert_matches, recompute_deduped, report};
 
 /// `n` consecutive free ports on 127.0.0.1 for the test in `slot`, below the kernel's
 /// ephemeral range and apart from the other tests of this binary.
@@ -172,29 +172,6 @@ fn the_committed_output_does_not_depend_on_the_layout() {
          ({by_role:?}), equal to the recomputation",
         first.len()
     ));
-}
-
-/// A child process killed when dropped, so a failing assertion leaves nothing running.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One process of a job of two (2 workers each), started with `waterline run`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::kafka::*;
-use common::{Expected, Input, absorb, assert_matches, recompute_deduped, report};
+use common::{Expected, Input, Running, absorb, assert_matches, recompute_deduped, report};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -222,21 +222,23 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
     set_idle_timeout(&dataflow, "1s");
     // The run's log goes to a file: a pipe nobody reads would block it once full.
     let log = dir.path().join("run.log");
-    let mut child = waterline_binary()
-        .args([
-            "run",
-            "--dataflow",
-            dataflow.to_str().expect("utf-8"),
-            "-w",
-            "2",
-        ])
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", unique("app"))
-        .env("RUST_LOG", "waterline=trace,info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("waterline starts");
+    let mut child = Running(
+        waterline_binary()
+            .args([
+                "run",
+                "--dataflow",
+                dataflow.to_str().expect("utf-8"),
+                "-w",
+                "2",
+            ])
+            .env("KAFKA_BOOTSTRAP", bootstrap())
+            .env("WATERLINE_APP_ID", unique("app"))
+            .env("RUST_LOG", "waterline=trace,info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("waterline starts"),
+    );
 
     // The watermark reaches 14:02:54.9 (max seen − 5 s): the 14:00 and 14:01 windows close
     // (at 14:01:10 and 14:02:10); 14:02 does not (it closes at 14:03:10).
@@ -679,14 +681,16 @@ fn a_replay_from_a_timestamp_adds_nothing_already_committed() {
     let dataflow = dataflow.to_str().expect("utf-8");
     let app = unique("replay-app");
     let log = dir.path().join("run.log");
-    let mut child = waterline_binary()
-        .args(["run", "--dataflow", dataflow, "-w", "2"])
-        .env("KAFKA_BOOTSTRAP", bootstrap())
-        .env("WATERLINE_APP_ID", &app)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("waterline starts");
+    let mut child = Running(
+        waterline_binary()
+            .args(["run", "--dataflow", dataflow, "-w", "2"])
+            .env("KAFKA_BOOTSTRAP", bootstrap())
+            .env("WATERLINE_APP_ID", &app)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("waterline starts"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     // The second batch is stamped after this moment (Kafka create time).
     let between = chrono::Utc::now();

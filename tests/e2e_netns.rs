@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
-use common::{assert_matches, recompute_deduped, report};
+use common::{Running, assert_matches, recompute_deduped, report};
 
 const BROKER_PORT: u16 = 19292;
 const CONTROLLER_PORT: u16 = 19293;
@@ -204,29 +204,6 @@ fn can_run() -> bool {
          WATERLINE_SKIP_NETNS=1 to skip it"
     );
     true
-}
-
-/// A child process killed when dropped, so a failing assertion leaves nothing running.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Job<'a> {

@@ -13,6 +13,7 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -138,6 +139,33 @@ fn partitions_once(
     }
 }
 
+/// `topic`/`p`'s (low, high) offsets from `client`. Retried for up to 30 s while the broker
+/// answers that it does not lead the partition (yet): a topic just created, on a busy
+/// broker, has partitions in the metadata before their leaders have loaded them.
+fn watermarks(client: &BaseConsumer, topic: &str, p: i32) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok(w) => return w,
+            Err(e) => {
+                let transient = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::NotLeaderForPartition
+                            | RDKafkaErrorCode::LeaderNotAvailable
+                            | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                );
+                assert!(
+                    transient && std::time::Instant::now() < deadline,
+                    "offsets of {topic}/{p}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// Changes settings of topic `name` while it is in use (Kafka's dynamic topic configs).
 pub fn alter_topic(name: &str, config: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -188,16 +216,11 @@ pub fn wait_until_stable(topic: &str, partitions: i32) {
             .expect("consumer")
     };
     let (committed, uncommitted) = (consumer("read_committed"), consumer("read_uncommitted"));
-    let timeout = Duration::from_secs(10);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for p in 0..partitions {
         loop {
-            let (_, stable) = committed
-                .fetch_watermarks(topic, p, timeout)
-                .expect("last stable offset");
-            let (_, end) = uncommitted
-                .fetch_watermarks(topic, p, timeout)
-                .expect("log end offset");
+            let (_, stable) = watermarks(&committed, topic, p);
+            let (_, end) = watermarks(&uncommitted, topic, p);
             if stable >= end {
                 break;
             }
@@ -318,9 +341,7 @@ pub fn consume_all_with_headers(topics: &[&str]) -> Vec<(Consumed, Headers)> {
         for p in 0..n {
             tpl.add_partition_offset(t, p, Offset::Beginning)
                 .expect("partition");
-            let (_, high) = ends_consumer
-                .fetch_watermarks(t, p, Duration::from_secs(10))
-                .expect("watermarks");
+            let (_, high) = watermarks(&ends_consumer, t, p);
             if high > 0 {
                 ends.insert((t.to_string(), p), high);
             }

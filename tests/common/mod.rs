@@ -6,6 +6,7 @@ pub mod kafka;
 pub mod web;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
 use std::str::FromStr;
 
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -390,4 +391,27 @@ pub fn run_with_crashes(
             .expect("same job");
     }
     (committed_all, crashes)
+}
+
+/// A child process killed when dropped, so a failing assertion leaves nothing running.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
