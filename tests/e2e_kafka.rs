@@ -223,18 +223,7 @@ fn idle_partitions_do_not_stall_windows_and_sigterm_stops_cleanly() {
     // The run's log goes to a file: a pipe nobody reads would block it once full.
     let log = dir.path().join("run.log");
     let mut child = Running(
-        waterline_binary()
-            .args([
-                "run",
-                "--dataflow",
-                dataflow.to_str().expect("utf-8"),
-                "-w",
-                "2",
-            ])
-            .env("KAFKA_BOOTSTRAP", bootstrap())
-            .env("WATERLINE_APP_ID", unique("app"))
-            .env("RUST_LOG", "waterline=trace,info")
-            .stdout(std::process::Stdio::null())
+        run_command(&dataflow, &unique("app"), &[], "waterline=trace,info")
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("waterline starts"),
