@@ -98,29 +98,52 @@ impl TradeGenerator {
                 base.saturating_sub(self.rng.random_range(0..2_000)),
             )
         };
-        let symbol = self.symbols[self.rng.random_range(0..self.symbols.len())].clone();
-        let id = format!("TRX-{:08}", self.sent);
+        let symbol = &self.symbols[self.rng.random_range(0..self.symbols.len())];
         let cents: u64 = self.rng.random_range(1..=10_000_000);
-        let amount = format!("{}.{:02}", cents / 100, cents % 100);
         let status = STATUSES[self.rng.random_range(0..STATUSES.len())];
-        let amount_json = if self.rng.random_bool(0.5) {
-            amount.clone()
+        let quote_amount = !self.rng.random_bool(0.5);
+        let quote_time = self.rng.random_bool(0.5);
+        // Written straight into the payload, with the spans the invalid variants change.
+        let mut good = String::with_capacity(160);
+        good.push_str(r#"{"trade_id":"TRX-"#);
+        push_decimal(&mut good, self.sent, 8);
+        good.push_str(r#"","timestamp":"#);
+        let time_json = good.len();
+        if quote_time {
+            good.push('"');
+            good.push_str(&rfc3339_ms(time));
+            good.push('"');
         } else {
-            format!("\"{amount}\"")
-        };
-        let time_json = if self.rng.random_bool(0.5) {
-            format!("\"{}\"", rfc3339_ms(time))
-        } else {
-            time.to_string()
-        };
-        let good = format!(
-            r#"{{"trade_id":"{id}","timestamp":{time_json},"amount":{amount_json},"symbol":"{symbol}","status":"{status}"}}"#
-        );
+            push_decimal(&mut good, time, 1);
+        }
+        let time_json = time_json..good.len();
+        good.push_str(r#","amount":"#);
+        let amount_json = good.len();
+        if quote_amount {
+            good.push('"');
+        }
+        let amount = good.len();
+        push_decimal(&mut good, cents / 100, 1);
+        good.push('.');
+        push_decimal(&mut good, cents % 100, 2);
+        let amount = amount..good.len();
+        if quote_amount {
+            good.push('"');
+        }
+        let amount_json = amount_json..good.len();
+        good.push_str(r#","symbol":""#);
+        good.push_str(symbol);
+        good.push_str(r#"","status":""#);
+        good.push_str(status);
+        good.push_str(r#""}"#);
         let payload = if kind == Kind::Invalid {
+            let amount = &good[amount];
+            let amount_json = &good[amount_json];
+            let time_json = &good[time_json];
             match self.rng.random_range(0..10) {
                 0 => good.as_bytes()[..good.len() / 2].to_vec(),
                 1 => good
-                    .replace(&amount_json, &format!("-{amount}"))
+                    .replace(amount_json, &format!("-{amount}"))
                     .into_bytes(),
                 2 => good.replace(status, "exploded").into_bytes(),
                 3 => good
@@ -136,18 +159,19 @@ impl TradeGenerator {
                 }
                 6 => Vec::new(),
                 7 => b"[\"not\",\"an\",\"object\"]".to_vec(),
-                8 => good.replace(&amount_json, "\"NaN\"").into_bytes(),
-                _ => good.replace(&time_json, "\"yesterday\"").into_bytes(),
+                8 => good.replace(amount_json, "\"NaN\"").into_bytes(),
+                _ => good.replace(time_json, "\"yesterday\"").into_bytes(),
             }
         } else {
             good.into_bytes()
         };
         let g = Generated {
-            key: Some(symbol.into_bytes()),
+            key: Some(symbol.as_bytes().to_vec()),
             payload,
             kind,
         };
-        if kind == Kind::Valid {
+        // Only duplicates are copies of recent records.
+        if kind == Kind::Valid && self.args.duplicate > 0.0 {
             if self.recent.len() >= 64 {
                 self.recent.pop_front();
             }
@@ -155,6 +179,20 @@ impl TradeGenerator {
         }
         g
     }
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (as `{:0width$}` would,
+/// without the formatting machinery: the generator feeds benchmarks at hundreds of
+/// thousands of records a second).
+fn push_decimal(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while n > 0 || digits.len() - i < width.max(1) {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
 const PAGES: [&str; 8] = [
@@ -344,6 +382,63 @@ mod tests {
             seed,
             time_step_ms: 60_000,
         }
+    }
+
+    #[test]
+    fn decimals_are_written_as_the_formatter_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345_678, 123_456_789, u64::MAX] {
+            for width in [1, 2, 8] {
+                let mut out = String::from("x");
+                push_decimal(&mut out, n, width);
+                assert_eq!(out, format!("x{n:0width$}"));
+            }
+        }
+    }
+
+    #[test]
+    fn valid_trades_are_json_with_every_field() {
+        let mut g = TradeGenerator::new(args(7), 1_700_000_000_000);
+        let (mut valid, mut invalid) = (0, 0);
+        for n in 1..=3_000u64 {
+            let r = g.next(0);
+            if r.kind == Kind::Duplicate {
+                continue;
+            }
+            let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&r.payload);
+            if r.kind == Kind::Invalid {
+                invalid += 1;
+                continue;
+            }
+            valid += 1;
+            let v = parsed.expect("a valid trade is JSON");
+            assert_eq!(v["trade_id"], format!("TRX-{n:08}"));
+            // As written (a JSON number's trailing zeros do not survive parsing).
+            let text = std::str::from_utf8(&r.payload).expect("a valid trade is UTF-8");
+            let amount = text
+                .split_once(r#""amount":"#)
+                .and_then(|(_, rest)| rest.split_once(','))
+                .expect("an amount")
+                .0
+                .trim_matches('"');
+            let (units, cents) = amount.split_once('.').expect("two decimals");
+            assert!(units.parse::<u64>().is_ok() && cents.len() == 2, "{amount}");
+            let time = match &v["timestamp"] {
+                serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                    .expect("RFC 3339")
+                    .timestamp_millis() as u64,
+                other => other.as_u64().expect("epoch milliseconds"),
+            };
+            assert!(time <= 1_700_000_000_000 + n * 60_000, "{time}");
+            assert!(STATUSES.contains(&v["status"].as_str().expect("a status")));
+            assert_eq!(
+                r.key.as_deref(),
+                Some(v["symbol"].as_str().expect("a symbol").as_bytes())
+            );
+        }
+        assert!(
+            valid > 2_000 && invalid > 200,
+            "{valid} valid, {invalid} invalid"
+        );
     }
 
     #[test]
