@@ -950,11 +950,14 @@ fn print_latency(latency: &[Latency], latency_secs: u64) {
          its drain.\n"
     );
     println!(
-        "| where the time goes, p50 / p99 | out-of-orderness | {} |",
+        "| where the time goes, p50 / p99 | out-of-orderness | {} | watermark behind, p50 / p99 / max |",
         STAGE_NAMES.join(" | ")
     );
-    println!("| --- | --- |{}", " ---: |".repeat(STAGE_NAMES.len()));
-    for (guarantee, ooo, _, l) in latency {
+    println!(
+        "| --- | --- |{} ---: |",
+        " ---: |".repeat(STAGE_NAMES.len())
+    );
+    for (guarantee, ooo, ooo_ms, l) in latency {
         let cells: Vec<String> = l
             .stages
             .iter()
@@ -965,14 +968,26 @@ fn print_latency(latency: &[Latency], latency_secs: u64) {
                 format!("{} / {} ms", s(p50), s(p99))
             })
             .collect();
-        println!("| {guarantee} | {ooo} | {} |", cells.join(" | "));
+        let behind = |q| {
+            let lag = &l.watermark_lag;
+            (!lag.is_empty()).then(|| lag[((lag.len() - 1) as f64 * q) as usize] * 1000.0 - ooo_ms)
+        };
+        let behind = match (behind(0.5), behind(0.99), behind(1.0)) {
+            (Some(p50), Some(p99), Some(max)) => format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
+            _ => "?".to_string(),
+        };
+        println!("| {guarantee} | {ooo} | {} | {behind} |", cells.join(" | "));
     }
     println!(
         "\nack: the feeder's send → the broker's acknowledgement (every 16th record, exact); the \
          others are the bucket bounds (≤) of the run's `waterline_stage_latency_seconds`: \
          fetch = Kafka timestamp (the feeder's send) → polled, frontier = at the sink → final, \
          commit_wait = final → its commit starts, commit = the commit; over the measured span \
-         and its drain. A reader's fetch of the committed output comes on top.\n"
+         and its drain. A reader's fetch of the committed output comes on top. Watermark \
+         behind: the run's `waterline_watermark_lag_seconds` minus the out-of-orderness, \
+         sampled every 250 ms (a scrape of the run's 30 KiB metrics page takes a few ms) \
+         over the measured span and its drain: how far the watermark trailed the feed, which \
+         every output waits for (a window's close adds it whole).\n"
     );
 }
 

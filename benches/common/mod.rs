@@ -708,7 +708,15 @@ pub struct Latencies {
     /// in the span) is measured here; the others are the bucket bounds holding the run's
     /// `waterline_stage_latency_seconds` quantiles.
     pub stages: Vec<(&'static str, Option<f64>, Option<f64>)>,
+    /// The run's `waterline_watermark_lag_seconds` (wall clock − watermark, which includes
+    /// the out-of-orderness), sampled every [`LAG_EVERY`] over the measured span and its
+    /// drain, sorted, in s: how far behind the feed the watermark was, whatever the stage
+    /// that held it.
+    pub watermark_lag: Vec<f64>,
 }
+
+/// How often a latency run samples the run's watermark lag.
+const LAG_EVERY: Duration = Duration::from_millis(250);
 
 /// The stages of `waterline_stage_latency_seconds`, in the order they happen.
 const STAGES: [&str; 4] = ["fetch", "frontier", "commit_wait", "commit"];
@@ -947,8 +955,17 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
     if let Some(w) = run.windows {
         until = until.max(w.first_close(w.measurable(from, fed_from)) + 1);
     }
+    let mut watermark_lag = Vec::new();
+    let mut next_lag = Instant::now();
+    let mut sample_lag = |watermark_lag: &mut Vec<f64>| {
+        if Instant::now() >= next_lag {
+            next_lag += LAG_EVERY;
+            watermark_lag.extend(scrape_sum(&metrics, "waterline_watermark_lag_seconds"));
+        }
+    };
     while now_ms() < until {
         read(&mut letters, &mut results);
+        sample_lag(&mut watermark_lag);
     }
     let behind_at_end = behind();
     let measured = |t: &i64| (from..until).contains(t);
@@ -979,7 +996,9 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         && drained.elapsed() < run.drain
     {
         read(&mut letters, &mut results);
+        sample_lag(&mut watermark_lag);
     }
+    watermark_lag.sort_unstable_by(f64::total_cmp);
     let histograms_after = scrape_run_histograms(&metrics);
     stop.store(true, Ordering::Relaxed);
     let fed_rate = feeder.join().expect("the feeder does not panic");
@@ -1068,6 +1087,7 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
             }
             stages
         },
+        watermark_lag,
     };
     latencies.dead_letters.sort_unstable();
     latencies.windows.sort_unstable();
