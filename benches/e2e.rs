@@ -968,13 +968,16 @@ fn print_latency(latency: &[Latency], latency_secs: u64) {
                 format!("{} / {} ms", s(p50), s(p99))
             })
             .collect();
-        let behind = |q| {
-            let lag = &l.watermark_lag;
-            (!lag.is_empty()).then(|| lag[((lag.len() - 1) as f64 * q) as usize] * 1000.0 - ooo_ms)
-        };
-        let behind = match (behind(0.5), behind(0.99), behind(1.0)) {
-            (Some(p50), Some(p99), Some(max)) => format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
-            _ => "?".to_string(),
+        let behind = |q| quantile(&l.watermark_lag, q) - ooo_ms;
+        let behind = if l.watermark_lag.is_empty() {
+            "?".to_string()
+        } else {
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                behind(0.5),
+                behind(0.99),
+                behind(1.0)
+            )
         };
         println!("| {guarantee} | {ooo} | {} | {behind} |", cells.join(" | "));
     }

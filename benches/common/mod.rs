@@ -710,9 +710,9 @@ pub struct Latencies {
     pub stages: Vec<(&'static str, Option<f64>, Option<f64>)>,
     /// The run's `waterline_watermark_lag_seconds` (wall clock − watermark, which includes
     /// the out-of-orderness), sampled every [`LAG_EVERY`] over the measured span and its
-    /// drain, sorted, in s: how far behind the feed the watermark was, whatever the stage
+    /// drain, sorted, in ms: how far behind the feed the watermark was, whatever the stage
     /// that held it.
-    pub watermark_lag: Vec<f64>,
+    pub watermark_lag: Vec<i64>,
 }
 
 /// How often a latency run samples the run's watermark lag.
@@ -957,10 +957,11 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
     }
     let mut watermark_lag = Vec::new();
     let mut next_lag = Instant::now();
-    let mut sample_lag = |watermark_lag: &mut Vec<f64>| {
+    let mut sample_lag = |watermark_lag: &mut Vec<i64>| {
         if Instant::now() >= next_lag {
             next_lag += LAG_EVERY;
-            watermark_lag.extend(scrape_sum(&metrics, "waterline_watermark_lag_seconds"));
+            let lag = scrape_sum(&metrics, "waterline_watermark_lag_seconds");
+            watermark_lag.extend(lag.map(|s| (s * 1000.0).round() as i64));
         }
     };
     while now_ms() < until {
@@ -998,7 +999,7 @@ pub fn latency_run(run: &LatencyRun) -> Latencies {
         read(&mut letters, &mut results);
         sample_lag(&mut watermark_lag);
     }
-    watermark_lag.sort_unstable_by(f64::total_cmp);
+    watermark_lag.sort_unstable();
     let histograms_after = scrape_run_histograms(&metrics);
     stop.store(true, Ordering::Relaxed);
     let fed_rate = feeder.join().expect("the feeder does not panic");
